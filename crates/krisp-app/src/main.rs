@@ -1,0 +1,158 @@
+//! `krisp`: the noise-cancelling microphone. One binary: CLI today, window and tray later.
+
+mod denoise;
+mod live;
+mod settings;
+mod wav;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use krisp_engine::socket::Request;
+
+#[derive(Parser)]
+#[command(
+    name = "krisp",
+    version,
+    about = "Removes background noise from your voice, on this machine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Denoise a WAV file (any PCM or float format, rate 8–192 kHz, 1–8 channels).
+    Denoise {
+        /// Noisy input WAV.
+        input: PathBuf,
+        /// Where to write the result (same format as the input; written atomically).
+        output: PathBuf,
+        /// Attenuation limit in dB: 0 leaves the input untouched, 100 (default) is full removal.
+        #[arg(long, default_value_t = krisp_dsp::FULL_STRENGTH_DB)]
+        strength: f32,
+        /// Model name from models/manifest.toml.
+        #[arg(long, default_value = krisp_dsp::DEFAULT_MODEL)]
+        model: String,
+        /// Folder holding manifest.toml and weight files (default: installed or built-in).
+        #[arg(long, env = "KRISP_MODELS_DIR")]
+        models_dir: Option<PathBuf>,
+        /// No progress bar or summary line.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Run the live microphone: capture, denoise, and offer "Krisp Microphone".
+    Run {
+        /// No window (the only mode today): run until Ctrl-C.
+        #[arg(long)]
+        headless: bool,
+        /// Input device (name from `krisp devices`); remembered for the next start.
+        #[arg(long)]
+        input: Option<String>,
+        /// Attenuation limit in dB (remembered).
+        #[arg(long)]
+        strength: Option<f32>,
+        /// Model name (remembered).
+        #[arg(long)]
+        model: Option<String>,
+        /// Folder holding manifest.toml and weight files.
+        #[arg(long, env = "KRISP_MODELS_DIR")]
+        models_dir: Option<PathBuf>,
+        /// Start with noise removal off.
+        #[arg(long)]
+        off: bool,
+        /// Capture callback size in frames (default 128).
+        #[arg(long)]
+        capture_frames: Option<u32>,
+        /// Jitter buffer in milliseconds between the microphone and Krisp Microphone (default
+        /// 12.5): lower is less latency, higher survives a busier machine.
+        #[arg(long)]
+        buffer_ms: Option<f32>,
+        /// Control socket path (default: $XDG_RUNTIME_DIR/krisp/control.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// List input devices (marks the default and Krisp's own virtual microphone).
+    Devices {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Turn noise removal on in the running engine.
+    On {
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Turn noise removal off (pass-through) in the running engine.
+    Off {
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Show the running engine's state.
+    Status {
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Denoise {
+            input,
+            output,
+            strength,
+            model,
+            models_dir,
+            quiet,
+        } => denoise::run(&denoise::Args {
+            input,
+            output,
+            strength_db: strength,
+            model,
+            models_dir,
+            quiet,
+        }),
+        Command::Run {
+            headless,
+            input,
+            strength,
+            model,
+            models_dir,
+            off,
+            capture_frames,
+            buffer_ms,
+            socket,
+        } => {
+            if !headless {
+                eprintln!("krisp: the window is not built yet; running headless");
+            }
+            live::run_headless(live::RunArgs {
+                input,
+                strength,
+                model,
+                models_dir,
+                off,
+                socket,
+                capture_frames,
+                buffer_ms,
+            })
+        }
+        Command::Devices { json } => live::devices(json),
+        Command::On { socket } => live::remote(Request::On, socket, false),
+        Command::Off { socket } => live::remote(Request::Off, socket, false),
+        Command::Status { socket, json } => live::remote(Request::Status, socket, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("krisp: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Shared helpers of the krisp-app end-to-end tests.
+#![allow(dead_code)]
+
+pub mod audio_server;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use libpulse_binding::def::BufferAttr;
+use libpulse_binding::sample::{Format, Spec};
+use libpulse_binding::stream::Direction;
+use libpulse_simple_binding::Simple;
+
+use audio_server::AudioServer;
+pub use krisp_testkit::*;
+
+/// `secs` of real speech (fixtures with pauses, looped) and the same mixed with the real
+/// noise fixture at `snr_db`.
+pub fn speech_and_noisy(secs: f32, snr_db: f64) -> (Vec<f32>, Vec<f32>) {
+    let clean = speech_varied(secs);
+    let noisy = mix(&clean, &noise(clean.len(), 4321), snr_db);
+    (clean, noisy)
+}
+
+/// Records two sources at once from one client (48 kHz mono float). Besides the audio it
+/// returns how much later (in samples) sample k arrives from `b` than sample k from `a`, as
+/// a recording program experiences it: each blocking read returns when its last sample has
+/// arrived, so the earliest `read time - index/48000` over all reads is the stream's origin.
+pub fn record_pair(server: &AudioServer, a: &str, b: &str, secs: f32) -> (Vec<f32>, Vec<f32>, i64) {
+    let addr = format!("unix:{}/pulse/native", server.runtime_dir().display());
+    let spec = Spec {
+        format: Format::F32le,
+        channels: 1,
+        rate: 48_000,
+    };
+    let attr = BufferAttr {
+        maxlength: u32::MAX,
+        tlength: u32::MAX,
+        prebuf: u32::MAX,
+        minreq: u32::MAX,
+        fragsize: 240 * 4,
+    };
+    let open = |dev: &str| {
+        Simple::new(
+            Some(&addr),
+            "krisp-e2e",
+            Direction::Record,
+            Some(dev),
+            "e2e",
+            &spec,
+            None,
+            Some(&attr),
+        )
+        .unwrap_or_else(|e| panic!("cannot record from {dev}: {e}"))
+    };
+    let sa = open(a);
+    let sb = open(b);
+    let t0 = Instant::now();
+    let n = (secs * 48_000.0) as usize;
+    let mut ra = Vec::with_capacity(n);
+    let mut rb = Vec::with_capacity(n);
+    let mut origin = [f64::MAX; 2];
+    let mut buf = vec![0u8; 240 * 4];
+    while ra.len() < n {
+        for (k, (s, out)) in [(&sa, &mut ra), (&sb, &mut rb)].into_iter().enumerate() {
+            s.read(&mut buf).unwrap();
+            out.extend(
+                buf.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
+            let t = t0.elapsed().as_secs_f64() - out.len() as f64 / 48_000.0;
+            origin[k] = origin[k].min(t);
+        }
+    }
+    let offset = ((origin[1] - origin[0]) * 48_000.0).round() as i64;
+    (ra, rb, offset)
+}
+
+/// A running `krisp run --headless` against `server`; SIGKILLed on drop if still alive.
+pub struct Krisp {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+}
+
+pub fn krisp_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_krisp")
+}
+
+impl Krisp {
+    pub fn start(server: &AudioServer, extra: &[&str]) -> Krisp {
+        let socket = server.runtime_dir().join("krisp-test.sock");
+        let config = server.runtime_dir().join("krisp-config");
+        let log = std::fs::File::create(server.runtime_dir().join("krisp.log")).unwrap();
+        let child = server
+            .cmd(krisp_bin())
+            .args(["run", "--headless"])
+            .args(extra)
+            .env("KRISP_SOCKET", &socket)
+            .env("KRISP_CONFIG_DIR", &config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Krisp {
+            child,
+            socket,
+            config,
+        }
+    }
+
+    pub fn ctl(&self, server: &AudioServer, what: &str) -> String {
+        let out = server
+            .cmd(krisp_bin())
+            .arg(what)
+            .env("KRISP_SOCKET", &self.socket)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "krisp {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn status_json(&self, server: &AudioServer) -> serde_json::Value {
+        let out = server
+            .cmd(krisp_bin())
+            .args(["status", "--json"])
+            .env("KRISP_SOCKET", &self.socket)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGINT (Ctrl-C) and wait for a clean exit.
+    pub fn interrupt(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Krisp {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+/// Plays `wav` into the fake microphone; killed on drop.
+pub struct Player(pub Child);
+
+impl Player {
+    pub fn start(server: &AudioServer, wav: &Path) -> Player {
+        Player(
+            server
+                .cmd("paplay")
+                .args(["-d", "fake_mic_sink"])
+                .arg(wav)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Player {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,569 @@
+//! The control thread: builds the audio path, watches it, and rebuilds it after faults.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use krisp_dsp::{Config as DspConfig, Denoiser, Framing, Handle, Model};
+use krisp_vdev::pulse::{MIC_RATE, VirtualMic};
+use ringbuf::HeapRb;
+use ringbuf::traits::Split;
+
+use crate::rt::{CHUNK, CaptureSide};
+use crate::stats::{Stats, StatsInner};
+use crate::{EngineError, InputInfo};
+
+/// How the engine starts.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Input device name or id (`pactl` source name or description); `None`: system default.
+    pub input: Option<String>,
+    /// The virtual microphone to create.
+    pub mic: VirtualMic,
+    /// The denoising model.
+    pub model: Model,
+    /// Noise removal on at start.
+    pub enabled: bool,
+    /// Attenuation limit in dB.
+    pub strength_db: f32,
+    /// Capture read size in frames.
+    pub capture_frames: u32,
+    /// Ring fill to aim for, in frames (latency vs. robustness to scheduling jitter).
+    pub target_fill: usize,
+}
+
+impl EngineConfig {
+    /// Defaults: system default input, "Krisp Microphone", noise removal on at full strength.
+    pub fn new(model: Model) -> EngineConfig {
+        EngineConfig {
+            input: None,
+            mic: VirtualMic::default(),
+            model,
+            enabled: true,
+            strength_db: krisp_dsp::FULL_STRENGTH_DB,
+            capture_frames: crate::capture::PERIOD as u32,
+            target_fill: 5 * CHUNK / 4,
+        }
+    }
+}
+
+/// The on/off switch, strength and device choice of a running engine. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Control {
+    dsp: Handle,
+    user_enabled: Arc<AtomicBool>,
+    licensed: Arc<AtomicBool>,
+    input: Arc<Mutex<Option<String>>>,
+    input_changed: Arc<AtomicBool>,
+    mic: VirtualMic,
+}
+
+impl Control {
+    fn apply(&self) {
+        let on = self.user_enabled.load(Ordering::Relaxed) && self.licensed.load(Ordering::Relaxed);
+        self.dsp.set_bypass(!on);
+    }
+    /// Turns noise removal on or off (crossfaded, click-free).
+    pub fn set_enabled(&self, on: bool) {
+        self.user_enabled.store(on, Ordering::Relaxed);
+        self.apply();
+    }
+    /// Whether the user wants noise removal on.
+    pub fn enabled(&self) -> bool {
+        self.user_enabled.load(Ordering::Relaxed)
+    }
+    /// Whether the denoiser actually runs (on, and allowed by the license).
+    pub fn denoising(&self) -> bool {
+        !self.dsp.bypass()
+    }
+    /// Allows or forbids denoising (license state). Forbidden means pass-through, not silence.
+    pub fn set_licensed(&self, ok: bool) {
+        self.licensed.store(ok, Ordering::Relaxed);
+        self.apply();
+    }
+    /// Attenuation limit in dB (0 untouched … 100 full).
+    pub fn set_strength_db(&self, db: f32) {
+        self.dsp.set_strength_db(db);
+    }
+    /// The attenuation limit in dB.
+    pub fn strength_db(&self) -> f32 {
+        self.dsp.strength_db()
+    }
+    /// Switches the input device (`None`: system default). Our own virtual mic is refused.
+    pub fn set_input(&self, input: Option<String>) -> Result<(), EngineError> {
+        if let Some(name) = &input
+            && is_own(&self.mic, name)
+        {
+            return Err(EngineError::OwnDevice(name.clone()));
+        }
+        *self.input.lock().expect("invariant: lock never poisoned") = input;
+        self.input_changed.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+    /// The chosen input (`None`: system default).
+    pub fn input(&self) -> Option<String> {
+        self.input
+            .lock()
+            .expect("invariant: lock never poisoned")
+            .clone()
+    }
+}
+
+/// Whether `name` (a source name, id or description) is our own virtual microphone.
+pub(crate) fn is_own(mic: &VirtualMic, name: &str) -> bool {
+    let n = name.strip_prefix("pulseaudio:").unwrap_or(name);
+    n == mic.source
+        || n == format!("{}.monitor", mic.sink)
+        || n == mic.sink
+        || n.eq_ignore_ascii_case(&mic.description)
+}
+
+/// A running engine. Dropping it (or [`Engine::stop`]) removes the virtual microphone.
+pub struct Engine {
+    control: Control,
+    stats: Stats,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    status: Arc<Mutex<String>>,
+}
+
+impl Engine {
+    /// Starts the engine: returns at once; the audio path comes up on the control thread and
+    /// comes back by itself after faults.
+    pub fn start(config: EngineConfig) -> Result<Engine, EngineError> {
+        if let Some(name) = &config.input
+            && is_own(&config.mic, name)
+        {
+            return Err(EngineError::OwnDevice(name.clone()));
+        }
+        let dsp = Handle::new();
+        dsp.set_strength_db(config.strength_db);
+        let control = Control {
+            dsp: dsp.clone(),
+            user_enabled: Arc::new(AtomicBool::new(config.enabled)),
+            licensed: Arc::new(AtomicBool::new(true)),
+            input: Arc::new(Mutex::new(config.input.clone())),
+            input_changed: Arc::new(AtomicBool::new(false)),
+            mic: config.mic.clone(),
+        };
+        control.apply();
+        let stats = Stats {
+            inner: Arc::new(StatsInner::default()),
+            dsp,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let status = Arc::new(Mutex::new("starting".to_string()));
+        let mut sup = Supervisor::new(
+            config,
+            control.clone(),
+            stats.inner.clone(),
+            stop.clone(),
+            status.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name("krisp-control".into())
+            .spawn(move || sup.run())
+            .map_err(EngineError::Thread)?;
+        Ok(Engine {
+            control,
+            stats,
+            stop,
+            thread: Some(thread),
+            status,
+        })
+    }
+
+    /// The control handle.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// The statistics handle.
+    pub fn stats(&self) -> Stats {
+        self.stats.clone()
+    }
+
+    /// One sentence on the state of the audio path ("running: …", "waiting for …").
+    pub fn status(&self) -> String {
+        self.status
+            .lock()
+            .expect("invariant: lock never poisoned")
+            .clone()
+    }
+
+    /// Stops the audio path and removes the virtual microphone.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct WriterHandle {
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+struct CaptureHandle {
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
+    thread: JoinHandle<CaptureSide>,
+    name: String,
+}
+
+struct Supervisor {
+    cfg: EngineConfig,
+    control: Control,
+    stats: Arc<StatsInner>,
+    stop: Arc<AtomicBool>,
+    status: Arc<Mutex<String>>,
+    mic_ready: bool,
+    writer: Option<WriterHandle>,
+    /// The realtime state (ring producer + denoiser) while no capture thread owns it.
+    idle_side: Option<CaptureSide>,
+    capture: Option<CaptureHandle>,
+    last_check: Option<Instant>,
+    last_input_try: Option<Instant>,
+}
+
+impl Supervisor {
+    fn new(
+        cfg: EngineConfig,
+        control: Control,
+        stats: Arc<StatsInner>,
+        stop: Arc<AtomicBool>,
+        status: Arc<Mutex<String>>,
+    ) -> Self {
+        Supervisor {
+            cfg,
+            control,
+            stats,
+            stop,
+            status,
+            mic_ready: false,
+            writer: None,
+            idle_side: None,
+            capture: None,
+            last_check: None,
+            last_input_try: None,
+        }
+    }
+
+    fn set_status(&self, s: impl Into<String>) {
+        let s = s.into();
+        let mut cur = self.status.lock().expect("invariant: lock never poisoned");
+        if *cur != s {
+            tracing::info!(status = %s, "engine");
+            *cur = s;
+        }
+    }
+
+    fn run(&mut self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            if let Err(e) = self.step() {
+                self.set_status(format!("waiting: {e}"));
+                self.teardown();
+                std::thread::sleep(Duration::from_millis(300));
+                continue;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Remove the device first, so even a stuck stream cannot leave it behind.
+        if let Err(e) = self.cfg.mic.remove() {
+            tracing::warn!(error = %e, "could not remove the virtual microphone");
+        }
+        self.teardown();
+    }
+
+    fn stop_writer(&mut self) {
+        if let Some(w) = self.writer.take() {
+            // The writer notices at its next write and exits. It is not joined: a write into a
+            // sink that is being unloaded can block until the server gives up on the stream,
+            // and neither recovery nor exit may wait for that.
+            w.stop.store(true, Ordering::Relaxed);
+            drop(w.thread);
+        }
+        self.idle_side = None;
+        self.stats.output_running.store(false, Ordering::Relaxed);
+    }
+
+    /// Stops the capture thread and takes back its realtime state (if it comes back soon).
+    fn stop_capture(&mut self) {
+        if let Some(c) = self.capture.take() {
+            c.stop.store(true, Ordering::Relaxed);
+            self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+            // A read returns within one period while the source lives, and fails at once when
+            // it is gone; past that the thread is abandoned along with its ring.
+            let t = Instant::now();
+            while !c.thread.is_finished() && t.elapsed() < Duration::from_millis(500) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if c.thread.is_finished()
+                && let Ok(side) = c.thread.join()
+            {
+                self.idle_side = Some(side);
+            }
+        }
+        self.stats.input_running.store(false, Ordering::Relaxed);
+    }
+
+    fn teardown(&mut self) {
+        self.stop_capture();
+        self.stop_writer();
+        self.mic_ready = false;
+    }
+
+    /// One supervision round. An error tears the path down and retries.
+    fn step(&mut self) -> Result<(), EngineError> {
+        if let Some(w) = &self.writer
+            && w.failed.load(Ordering::Relaxed)
+        {
+            return Err(EngineError::Server(
+                "the audio server closed the virtual microphone stream".into(),
+            ));
+        }
+        if !self.mic_ready {
+            self.cfg
+                .mic
+                .create()
+                .map_err(|e| EngineError::Server(e.to_string()))?;
+            self.mic_ready = true;
+        }
+        if self.writer.is_none() {
+            self.start_writer()?;
+        }
+        let due = self
+            .last_check
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(1000));
+        if due {
+            self.last_check = Some(Instant::now());
+            if !self.cfg.mic.is_present().unwrap_or(false) {
+                return Err(EngineError::Server("Krisp Microphone disappeared".into()));
+            }
+            let listening = self.cfg.mic.has_listeners().unwrap_or(true);
+            self.stats.listeners.store(listening, Ordering::Relaxed);
+        }
+
+        // Input: (re)open when missing, failed, or the user chose another device.
+        let changed = self.control.input_changed.swap(false, Ordering::Relaxed);
+        let failed = self
+            .capture
+            .as_ref()
+            .is_some_and(|c| c.failed.load(Ordering::Relaxed) || c.thread.is_finished());
+        if failed {
+            let name = self
+                .capture
+                .as_ref()
+                .map(|c| c.name.clone())
+                .unwrap_or_default();
+            self.stop_capture();
+            self.set_status(format!(
+                "microphone '{name}' is gone; {} stays available with silence until it returns",
+                self.cfg.mic.description
+            ));
+        } else if changed {
+            self.stop_capture();
+        }
+        if self.capture.is_none() {
+            if self.idle_side.is_none() {
+                // The realtime state was lost with an abandoned thread: new ring, new writer.
+                self.stop_writer();
+                self.start_writer()?;
+            }
+            let retry = changed
+                || self
+                    .last_input_try
+                    .is_none_or(|t| t.elapsed() >= Duration::from_millis(500));
+            if retry {
+                self.last_input_try = Some(Instant::now());
+                self.try_open_input();
+            }
+        }
+        Ok(())
+    }
+
+    fn start_writer(&mut self) -> Result<(), EngineError> {
+        let pa = crate::writer::open(&self.cfg.mic.sink, MIC_RATE).map_err(EngineError::Server)?;
+        let rb = HeapRb::<f32>::new(MIC_RATE as usize / 2);
+        let (prod, cons) = rb.split();
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicBool::new(false));
+        let w = crate::writer::Writer {
+            cons,
+            stats: self.stats.clone(),
+            stop: stop.clone(),
+            failed: failed.clone(),
+            target: self.cfg.target_fill,
+            high: self.cfg.target_fill + 2 * CHUNK,
+        };
+        let thread = std::thread::Builder::new()
+            .name("krisp-vdev-writer".into())
+            .spawn(move || w.run(pa))
+            .map_err(EngineError::Thread)?;
+        self.writer = Some(WriterHandle {
+            stop,
+            failed,
+            thread,
+        });
+        let mut dsp_cfg = DspConfig::new(MIC_RATE, 1);
+        dsp_cfg.framing = Framing::Chunked;
+        let denoiser = Denoiser::with_handle(&dsp_cfg, &self.cfg.model, self.control.dsp.clone())?;
+        self.stats.latency_samples.store(
+            denoiser.latency() as u64 + CHUNK as u64 / 2,
+            Ordering::Relaxed,
+        );
+        self.idle_side = Some(CaptureSide::new(prod, denoiser, self.stats.clone()));
+        self.stats.output_running.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn try_open_input(&mut self) {
+        let wanted = self.control.input();
+        let name = match pick_input(&self.cfg.mic, wanted.as_deref()) {
+            Ok(n) => n,
+            Err(e) => {
+                self.set_status(format!(
+                    "no microphone ({e}); {} stays available with silence",
+                    self.cfg.mic.description
+                ));
+                return;
+            }
+        };
+        let pa = match crate::capture::open(&name, MIC_RATE, self.cfg.capture_frames as usize) {
+            Ok(pa) => pa,
+            Err(e) => {
+                self.set_status(format!("{e}; retrying"));
+                return;
+            }
+        };
+        let side = self.idle_side.take().expect("invariant: checked by caller");
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicBool::new(false));
+        let (st, fl) = (stop.clone(), failed.clone());
+        match std::thread::Builder::new()
+            .name("krisp-capture".into())
+            .spawn(move || crate::capture::run(pa, side, st, fl))
+        {
+            Ok(thread) => {
+                self.stats.input_running.store(true, Ordering::Relaxed);
+                self.set_status(format!("running: {name} -> {}", self.cfg.mic.description));
+                self.capture = Some(CaptureHandle {
+                    stop,
+                    failed,
+                    thread,
+                    name,
+                });
+            }
+            Err(e) => self.set_status(format!("cannot start the capture thread: {e}")),
+        }
+    }
+}
+
+/// Chooses the source to capture: the wanted one if present, else the default, else the
+/// first real (non-monitor, non-Krisp) source.
+fn pick_input(mic: &VirtualMic, wanted: Option<&str>) -> Result<String, EngineError> {
+    let inputs = list_inputs_with(mic)?;
+    if let Some(w) = wanted {
+        if let Some(found) = inputs.iter().find(|i| {
+            !i.is_own && (i.name == w || i.id == w || i.description.eq_ignore_ascii_case(w))
+        }) {
+            return Ok(found.name.clone());
+        }
+        tracing::warn!(device = w, "chosen input not present; using the default");
+    }
+    if let Some(i) = inputs.iter().find(|i| i.is_default && !i.is_own) {
+        return Ok(i.name.clone());
+    }
+    inputs
+        .into_iter()
+        .find(|i| !i.is_own && !i.is_monitor)
+        .map(|i| i.name)
+        .ok_or_else(|| EngineError::Device("no microphone found".into()))
+}
+
+/// Lists the server's sources, marking the default, monitors and our own.
+pub(crate) fn list_inputs_with(mic: &VirtualMic) -> Result<Vec<InputInfo>, EngineError> {
+    let server = |e: krisp_vdev::pulse::PulseError| EngineError::Server(e.to_string());
+    let default = krisp_vdev::pulse::default_source().unwrap_or_default();
+    Ok(krisp_vdev::pulse::list_sources()
+        .map_err(server)?
+        .into_iter()
+        .map(|s| InputInfo {
+            id: format!("pulseaudio:{}", s.name),
+            is_default: s.name == default,
+            is_own: is_own(mic, &s.name),
+            is_monitor: s.name.ends_with(".monitor"),
+            name: s.name,
+            description: s.description,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn control(dsp: Handle) -> Control {
+        Control {
+            dsp,
+            user_enabled: Arc::new(AtomicBool::new(true)),
+            licensed: Arc::new(AtomicBool::new(true)),
+            input: Arc::new(Mutex::new(None)),
+            input_changed: Arc::new(AtomicBool::new(false)),
+            mic: VirtualMic::default(),
+        }
+    }
+
+    #[test]
+    fn without_a_license_the_microphone_passes_audio_through_untouched() {
+        let model = Model::builtin();
+        let mut cfg = DspConfig::new(MIC_RATE, 1);
+        cfg.framing = Framing::Chunked;
+        let handle = Handle::new();
+        let ctl = control(handle.clone());
+        ctl.set_licensed(false);
+        assert!(ctl.enabled(), "the user's choice is kept");
+        assert!(!ctl.denoising(), "but the denoiser does not run");
+        let mut dn = Denoiser::with_handle(&cfg, &model, handle).unwrap();
+        let x: Vec<f32> = (0..48_000)
+            .map(|i| ((i as f32 * 0.07).sin() + ((i * 7919) % 101) as f32 / 200.0) * 0.3)
+            .collect();
+        let mut y = vec![0.0; x.len()];
+        for (a, b) in x.chunks(CHUNK).zip(y.chunks_mut(CHUNK)) {
+            dn.process(a, b).unwrap();
+        }
+        let lat = dn.latency();
+        assert_eq!(&y[lat..], &x[..x.len() - lat], "pass-through, not silence");
+        ctl.set_licensed(true);
+        assert!(ctl.denoising());
+    }
+
+    #[test]
+    fn choosing_our_own_virtual_microphone_is_refused() {
+        let ctl = control(Handle::new());
+        for name in [
+            "krisp_mic",
+            "pulseaudio:krisp_mic",
+            "krisp_mic_sink.monitor",
+            "Krisp Microphone",
+        ] {
+            let err = ctl.set_input(Some(name.into())).unwrap_err();
+            assert!(err.to_string().contains("own virtual microphone"), "{err}");
+        }
+        ctl.set_input(Some("alsa_input.usb".into())).unwrap();
+        assert_eq!(ctl.input().as_deref(), Some("alsa_input.usb"));
+    }
+}
