@@ -20,6 +20,7 @@ pub struct RunArgs {
     pub socket: Option<PathBuf>,
     pub capture_frames: Option<u32>,
     pub buffer_ms: Option<f32>,
+    pub device_buffer_ms: Option<f32>,
 }
 
 pub fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
@@ -53,6 +54,9 @@ pub fn run_headless(args: RunArgs) -> Result<()> {
     cfg.strength_db = settings.strength_db;
     if let Some(n) = args.capture_frames {
         cfg.capture_frames = n;
+    }
+    if let Some(ms) = args.device_buffer_ms {
+        cfg.device_buffer_frames = (ms.clamp(5.0, 500.0) * 48.0) as usize;
     }
     if let Some(ms) = args.buffer_ms {
         cfg.target_fill = (ms.clamp(0.0, 500.0) * 48.0) as usize;

@@ -66,10 +66,15 @@ enum Command {
         /// Capture callback size in frames (default 128).
         #[arg(long)]
         capture_frames: Option<u32>,
-        /// Jitter buffer in milliseconds between the microphone and Krisp Microphone (default
-        /// 12.5): lower is less latency, higher survives a busier machine.
+        /// Smallest jitter buffer in milliseconds between the microphone and Krisp Microphone
+        /// (default 12.5; it grows by itself after underruns, up to 40): lower is less
+        /// latency, higher survives a busier machine.
         #[arg(long)]
         buffer_ms: Option<f32>,
+        /// Audio the audio server holds for Krisp Microphone, in milliseconds (default 32):
+        /// lower is less latency, higher survives longer stalls of this machine.
+        #[arg(long)]
+        device_buffer_ms: Option<f32>,
         /// Control socket path (default: $XDG_RUNTIME_DIR/krisp/control.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
@@ -127,6 +132,7 @@ fn main() -> ExitCode {
             off,
             capture_frames,
             buffer_ms,
+            device_buffer_ms,
             socket,
         } => {
             if !headless {
@@ -141,6 +147,7 @@ fn main() -> ExitCode {
                 socket,
                 capture_frames,
                 buffer_ms,
+                device_buffer_ms,
             })
         }
         Command::Devices { json } => live::devices(json),

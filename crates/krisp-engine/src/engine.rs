@@ -14,6 +14,16 @@ use crate::rt::{CHUNK, CaptureSide};
 use crate::stats::{Stats, StatsInner};
 use crate::{EngineError, InputInfo};
 
+/// Largest the adaptive jitter buffer grows after underruns (40 ms): beyond that the machine
+/// is too starved for a call anyway, and latency matters more.
+const MAX_JITTER_TARGET: usize = 1_920;
+
+/// Default server-side buffer of the virtual device (frames): 32 ms. Measured on the 2-core
+/// shared VMs we test on, 16 ms left the audio server short of data about once a second
+/// whenever the machine stalled (a gap the engine cannot see through the simple API); 32 ms
+/// left none. `--device-buffer-ms` trades it back for latency on a quiet machine.
+pub const DEFAULT_DEVICE_BUFFER: usize = 1_536;
+
 /// How the engine starts.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -29,8 +39,13 @@ pub struct EngineConfig {
     pub strength_db: f32,
     /// Capture read size in frames.
     pub capture_frames: u32,
-    /// Ring fill to aim for, in frames (latency vs. robustness to scheduling jitter).
+    /// Ring fill to aim for at first and at best, in frames (latency vs. robustness to
+    /// scheduling jitter). The jitter buffer grows from here after underruns, up to 40 ms,
+    /// and shrinks back after a calm spell.
     pub target_fill: usize,
+    /// Audio the audio server holds for the virtual device, in frames: how long a refill by
+    /// the engine may be late without a gap the engine cannot see.
+    pub device_buffer_frames: usize,
 }
 
 impl EngineConfig {
@@ -44,6 +59,7 @@ impl EngineConfig {
             strength_db: krisp_dsp::FULL_STRENGTH_DB,
             capture_frames: crate::capture::PERIOD as u32,
             target_fill: 5 * CHUNK / 4,
+            device_buffer_frames: DEFAULT_DEVICE_BUFFER,
         }
     }
 }
@@ -396,7 +412,8 @@ impl Supervisor {
     }
 
     fn start_writer(&mut self) -> Result<(), EngineError> {
-        let pa = crate::writer::open(&self.cfg.mic.sink, MIC_RATE).map_err(EngineError::Server)?;
+        let pa = crate::writer::open(&self.cfg.mic.sink, MIC_RATE, self.cfg.device_buffer_frames)
+            .map_err(EngineError::Server)?;
         let rb = HeapRb::<f32>::new(MIC_RATE as usize / 2);
         let (prod, cons) = rb.split();
         let stop = Arc::new(AtomicBool::new(false));
@@ -406,8 +423,10 @@ impl Supervisor {
             stats: self.stats.clone(),
             stop: stop.clone(),
             failed: failed.clone(),
-            target: self.cfg.target_fill,
-            high: self.cfg.target_fill + 2 * CHUNK,
+            jitter: crate::writer::JitterBuffer::new(
+                self.cfg.target_fill,
+                self.cfg.target_fill.max(MAX_JITTER_TARGET),
+            ),
         };
         let thread = std::thread::Builder::new()
             .name("krisp-vdev-writer".into())
@@ -421,8 +440,9 @@ impl Supervisor {
         let mut dsp_cfg = DspConfig::new(MIC_RATE, 1);
         dsp_cfg.framing = Framing::Chunked;
         let denoiser = Denoiser::with_handle(&dsp_cfg, &self.cfg.model, self.control.dsp.clone())?;
+        // Model delay, half a chunk of accumulation on average, and the device's buffer.
         self.stats.latency_samples.store(
-            denoiser.latency() as u64 + CHUNK as u64 / 2,
+            denoiser.latency() as u64 + CHUNK as u64 / 2 + self.cfg.device_buffer_frames as u64,
             Ordering::Relaxed,
         );
         self.idle_side = Some(CaptureSide::new(prod, denoiser, self.stats.clone()));

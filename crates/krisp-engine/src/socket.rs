@@ -237,6 +237,7 @@ mod tests {
                 output_rms: 0.0,
                 vad: 0.0,
                 added_latency_ms: 0.0,
+                jitter_buffer_ms: 0.0,
                 cpu_load: 0.0,
                 input_running: false,
                 output_running: false,

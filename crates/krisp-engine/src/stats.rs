@@ -13,6 +13,7 @@ pub(crate) struct StatsInner {
     pub overruns: AtomicU64,
     pub drift_dropped: AtomicU64,
     pub ring_fill: AtomicU64,
+    pub jitter_target: AtomicU64,
     pub cpu_load_ppm: AtomicU64,
     pub input_running: AtomicBool,
     pub output_running: AtomicBool,
@@ -59,6 +60,10 @@ pub struct StatsSnapshot {
     pub listeners: bool,
     /// Times the audio path was rebuilt (server restart, device change).
     pub restarts: u64,
+    /// The adaptive jitter buffer's current target in ms: the configured buffer, grown after
+    /// underruns on a starved machine, shrinking back when calm.
+    #[serde(default)]
+    pub jitter_buffer_ms: f32,
 }
 
 impl Stats {
@@ -83,6 +88,7 @@ impl Stats {
             output_running: i.output_running.load(r),
             listeners: i.listeners.load(r),
             restarts: i.restarts.load(r),
+            jitter_buffer_ms: i.jitter_target.load(r) as f32 / rate * 1000.0,
         }
     }
 }

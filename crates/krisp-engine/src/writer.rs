@@ -22,26 +22,125 @@ use crate::stats::StatsInner;
 pub(crate) const PERIOD: usize = 128;
 /// Writes per latency-trim window (about 0.7 s).
 const TRIM_WINDOW: usize = 256;
-/// Samples of margin kept above the lowest fill of a window (10 ms).
-const TRIM_MARGIN: usize = 480;
+/// Windows without an underrun after which the jitter buffer shrinks by one period (~20 s);
+/// doubled by every underrun, up to 16 times, so that a machine that stalls regularly is not
+/// probed with a dropout every 20 s.
+const CALM_WINDOWS: u32 = 30;
 /// Most samples dropped by one trim.
 const MAX_TRIM: usize = 960;
 /// Level below which samples may be dropped unheard (-46 dBFS).
 const QUIET: f32 = 0.005;
+/// How far past its target the ring may fill before the excess is dropped outright (100 ms):
+/// late audio arriving in a burst after the machine stalled is kept and played, not cut.
+const HARD_EXCESS: usize = 4_800;
+
+/// The jitter buffer's policy, separate from the I/O so it can be tested on its own: how full
+/// the ring should be before playing, when to grow (after an underrun) and when to shrink
+/// (after a calm spell, by dropping quiet samples only).
+#[derive(Debug, Clone)]
+pub(crate) struct JitterBuffer {
+    /// Fill to reach before playing; grows after underruns, shrinks back when calm.
+    pub target: usize,
+    /// Smallest target (the configured buffer).
+    pub min_target: usize,
+    /// Largest target.
+    pub max_target: usize,
+    primed: bool,
+    window_min: usize,
+    window_len: usize,
+    calm_windows: u32,
+    calm_needed: u32,
+}
+
+/// What the writer does before one write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Not primed: write silence.
+    Wait,
+    /// Drop this many samples from the ring (quiet excess or hard overflow), then play.
+    Drop(usize),
+    /// Play from the ring.
+    Play,
+}
+
+impl JitterBuffer {
+    pub fn new(min_target: usize, max_target: usize) -> JitterBuffer {
+        JitterBuffer {
+            target: min_target,
+            min_target,
+            max_target: max_target.max(min_target),
+            primed: false,
+            window_min: usize::MAX,
+            window_len: 0,
+            calm_windows: 0,
+            calm_needed: CALM_WINDOWS,
+        }
+    }
+
+    /// Decides what to do with the ring at `fill`; `quiet(n)` says whether its first `n`
+    /// samples can be dropped unheard.
+    pub fn step(&mut self, fill: usize, quiet: impl FnOnce(usize) -> bool) -> Step {
+        if !self.primed {
+            if fill < self.target {
+                return Step::Wait;
+            }
+            self.primed = true;
+            self.window_min = usize::MAX;
+            self.window_len = 0;
+        }
+        if fill > self.target + HARD_EXCESS {
+            return Step::Drop(fill - self.target);
+        }
+        self.window_min = self.window_min.min(fill);
+        self.window_len += 1;
+        if self.window_len < TRIM_WINDOW {
+            return Step::Play;
+        }
+        // A window without an underrun: what the ring held beyond the target all along was
+        // never needed; cut it where it cannot be heard, so latency cannot creep with clock
+        // drift. After a calm spell, lower the target itself one period at a time.
+        let min = self.window_min;
+        self.window_min = usize::MAX;
+        self.window_len = 0;
+        self.calm_windows += 1;
+        if self.calm_windows >= self.calm_needed && self.target > self.min_target {
+            self.calm_windows = 0;
+            self.target = (self.target - PERIOD).max(self.min_target);
+        }
+        if min > self.target + PERIOD {
+            let excess = (min - self.target).min(MAX_TRIM);
+            if quiet(excess) {
+                return Step::Drop(excess);
+            }
+        }
+        Step::Play
+    }
+
+    /// The ring ran dry while playing: grow the target by one model frame and re-prime.
+    /// Returns whether this counts as an underrun (it was playing).
+    pub fn ran_dry(&mut self) -> bool {
+        let was = self.primed;
+        if was {
+            self.primed = false;
+            self.calm_windows = 0;
+            self.calm_needed = (self.calm_needed * 2).min(CALM_WINDOWS * 16);
+            self.target = (self.target + crate::rt::CHUNK).min(self.max_target);
+        }
+        was
+    }
+}
 
 pub(crate) struct Writer {
     pub cons: HeapCons<f32>,
     pub stats: Arc<StatsInner>,
     pub stop: Arc<AtomicBool>,
     pub failed: Arc<AtomicBool>,
-    /// Fill to reach before playing, and to return to after dropping.
-    pub target: usize,
-    /// Fill above which the excess is dropped.
-    pub high: usize,
+    pub jitter: JitterBuffer,
 }
 
-/// Opens a playback stream on `sink`, 48 kHz mono float, with a small server buffer.
-pub(crate) fn open(sink: &str, rate: u32) -> Result<Simple, String> {
+/// Opens a playback stream on `sink`, 48 kHz mono float, asking the server to hold
+/// `buffer_frames` (its own jitter margin: the time our refill may take without a gap).
+pub(crate) fn open(sink: &str, rate: u32, buffer_frames: usize) -> Result<Simple, String> {
     let spec = Spec {
         format: Format::F32le,
         channels: 1,
@@ -50,7 +149,7 @@ pub(crate) fn open(sink: &str, rate: u32) -> Result<Simple, String> {
     let bytes = (PERIOD * 4) as u32;
     let attr = BufferAttr {
         maxlength: u32::MAX,
-        tlength: bytes * 6,
+        tlength: (buffer_frames.max(2 * PERIOD) * 4) as u32,
         prebuf: bytes,
         minreq: bytes,
         fragsize: u32::MAX,
@@ -73,67 +172,42 @@ impl Writer {
         promote_to_realtime();
         let mut buf = [0.0f32; PERIOD];
         let mut bytes = [0u8; PERIOD * 4];
-        let mut primed = false;
-        // Lowest fill seen in the current window: what the ring held that was never needed.
-        let mut window_min = usize::MAX;
-        let mut window_len = 0;
         while !self.stop.load(Ordering::Relaxed) {
             let fill = self.cons.occupied_len();
-            if !primed && fill >= self.target {
-                primed = true;
-                window_min = usize::MAX;
-                window_len = 0;
-            }
-            if primed && fill > self.high {
-                let dropped = self.cons.skip(fill - self.target);
-                self.stats
-                    .drift_dropped
-                    .fetch_add(dropped as u64, Ordering::Relaxed);
-            }
-            if primed {
-                window_min = window_min.min(fill);
-                window_len += 1;
-                if window_len == TRIM_WINDOW {
-                    // Keep only a small margin above what the jitter actually used: latency
-                    // settles at the minimum the machine needs and cannot creep with drift.
-                    // Only cut where it cannot be heard: the samples dropped must be quiet.
-                    // Otherwise try again in the next window (speech has pauses).
-                    if window_min > TRIM_MARGIN + PERIOD {
-                        let excess = (window_min - TRIM_MARGIN - PERIOD).min(MAX_TRIM);
-                        let (a, b) = self.cons.as_slices();
-                        let quiet = a
-                            .iter()
-                            .chain(b.iter())
-                            .take(excess + 16)
-                            .all(|s| s.abs() < QUIET);
-                        if quiet {
-                            let dropped = self.cons.skip(excess);
-                            self.stats
-                                .drift_dropped
-                                .fetch_add(dropped as u64, Ordering::Relaxed);
-                        }
-                    }
-                    window_min = usize::MAX;
-                    window_len = 0;
+            let cons = &self.cons;
+            let step = self.jitter.step(fill, |n| {
+                let (a, b) = cons.as_slices();
+                a.iter()
+                    .chain(b.iter())
+                    .take(n + 16)
+                    .all(|s| s.abs() < QUIET)
+            });
+            let got = match step {
+                Step::Wait => 0,
+                Step::Drop(n) => {
+                    let dropped = self.cons.skip(n);
+                    self.stats
+                        .drift_dropped
+                        .fetch_add(dropped as u64, Ordering::Relaxed);
+                    self.cons.pop_slice(&mut buf)
                 }
-            }
-            let got = if primed {
-                self.cons.pop_slice(&mut buf)
-            } else {
-                0
+                Step::Play => self.cons.pop_slice(&mut buf),
             };
             if got < PERIOD {
                 buf[got..].fill(0.0);
-                if primed {
-                    primed = false;
-                    if self.stats.input_running.load(Ordering::Relaxed) {
-                        self.stats.underruns.fetch_add(1, Ordering::Relaxed);
-                    }
+                if step != Step::Wait
+                    && self.jitter.ran_dry()
+                    && self.stats.input_running.load(Ordering::Relaxed)
+                {
+                    self.stats.underruns.fetch_add(1, Ordering::Relaxed);
                 }
             }
             self.stats
                 .ring_fill
                 .store(self.cons.occupied_len() as u64, Ordering::Relaxed);
+            self.stats
+                .jitter_target
+                .store(self.jitter.target as u64, Ordering::Relaxed);
             for (b, s) in bytes.chunks_exact_mut(4).zip(buf.iter()) {
                 b.copy_from_slice(&s.to_le_bytes());
             }
@@ -154,6 +228,125 @@ pub(crate) fn promote_to_realtime() {
     if rc != 0 {
         tracing::debug!(
             "realtime scheduling not granted; the virtual-device feeder runs at normal priority"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rt::CHUNK;
+
+    /// Plays `cycles` writes against a producer that delivers `burst(i)` samples before write
+    /// `i`, the ring holding `fill`; returns (underruns, samples dropped, final target).
+    fn simulate_from(
+        jb: &mut JitterBuffer,
+        fill: &mut usize,
+        cycles: usize,
+        mut burst: impl FnMut(usize) -> usize,
+    ) -> (usize, usize, usize) {
+        let (mut underruns, mut dropped) = (0, 0);
+        for i in 0..cycles {
+            *fill += burst(i);
+            let step = jb.step(*fill, |_| true);
+            let mut avail = *fill;
+            if let Step::Drop(n) = step {
+                dropped += n.min(avail);
+                avail -= n.min(avail);
+            }
+            let got = if step == Step::Wait {
+                0
+            } else {
+                avail.min(PERIOD)
+            };
+            *fill = avail - got;
+            if got < PERIOD && step != Step::Wait && jb.ran_dry() {
+                underruns += 1;
+            }
+        }
+        (underruns, dropped, jb.target)
+    }
+
+    fn simulate(
+        jb: &mut JitterBuffer,
+        cycles: usize,
+        burst: impl FnMut(usize) -> usize,
+    ) -> (usize, usize, usize) {
+        simulate_from(jb, &mut 0, cycles, burst)
+    }
+
+    /// The capture side delivers 480-sample chunks at the rate the writer consumes them.
+    fn steady(i: usize) -> usize {
+        // 15 writes of 128 = 1920 = 4 chunks.
+        if i % 15 < 4 { CHUNK } else { 0 }
+    }
+
+    #[test]
+    fn a_steady_stream_never_underruns_and_keeps_the_configured_target() {
+        let mut jb = JitterBuffer::new(600, 4_800);
+        let (u, d, t) = simulate(&mut jb, 100_000, steady);
+        assert_eq!(u, 0);
+        assert_eq!(t, 600);
+        assert!(d < 2_000, "dropped {d}");
+    }
+
+    #[test]
+    fn stalls_grow_the_buffer_until_they_no_longer_cause_underruns_then_it_shrinks_back() {
+        let mut jb = JitterBuffer::new(600, 4_800);
+        // Every ~0.35 s the producer stalls for 20 ms (7.5 writes) and then catches up.
+        let stall = |i: usize| {
+            let k = i % 128;
+            if (100..108).contains(&k) {
+                0
+            } else if k == 108 {
+                // Everything owed for the stall arrives at once, with this write's share.
+                9 * PERIOD
+            } else {
+                PERIOD
+            }
+        };
+        let fill = &mut 0;
+        let (first, _, grown) = simulate_from(&mut jb, fill, 20_000, stall);
+        assert!(first > 0, "the stalls must hurt at first");
+        assert!(grown > 600, "the target grew: {grown}");
+        let (later, _, _) = simulate_from(&mut jb, fill, 20_000, stall);
+        assert_eq!(later, 0, "after growing, the same stalls cause no underrun");
+        // Calm again: the target returns to the configured one, a period per calm spell.
+        let (u, _, t) = simulate_from(&mut jb, fill, 4_000_000, |_| PERIOD);
+        assert_eq!(u, 0);
+        assert_eq!(t, 600);
+    }
+
+    #[test]
+    fn a_fast_producer_cannot_make_latency_creep() {
+        let mut jb = JitterBuffer::new(600, 4_800);
+        // The mic's clock runs 1 % fast: one extra sample every 100.
+        let mut owed = 0.0f64;
+        let (u, d, _) = simulate(&mut jb, 50_000, |_| {
+            owed += PERIOD as f64 * 1.01;
+            let n = owed as usize;
+            owed -= n as f64;
+            n
+        });
+        assert_eq!(u, 0);
+        assert!(d > 50_000 * PERIOD / 200, "the excess was dropped: {d}");
+    }
+
+    #[test]
+    fn loud_excess_is_kept_until_a_quiet_moment() {
+        let mut jb = JitterBuffer::new(600, 4_800);
+        let mut fill = 2_000;
+        for _ in 0..TRIM_WINDOW * 3 {
+            match jb.step(fill, |_| false) {
+                Step::Drop(_) => panic!("dropped audible samples"),
+                Step::Wait => unreachable!("the ring is above target"),
+                Step::Play => fill = fill - PERIOD + PERIOD,
+            }
+        }
+        // Overflow beyond the hard bound is dropped regardless.
+        assert_eq!(
+            jb.step(600 + HARD_EXCESS + 1, |_| false),
+            Step::Drop(HARD_EXCESS + 1)
         );
     }
 }

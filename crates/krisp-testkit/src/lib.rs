@@ -161,6 +161,47 @@ pub fn channel(x: &[f32], channels: usize, c: usize) -> Vec<f32> {
     x.iter().skip(c).step_by(channels).copied().collect()
 }
 
+/// Runs of exact digital silence at least `min` samples long, as (start, length).
+pub fn zero_runs(x: &[f32], min: usize) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut start = None;
+    for (i, &v) in x.iter().chain(std::iter::once(&1.0)).enumerate() {
+        match (v == 0.0, start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                if i - s >= min {
+                    runs.push((s, i - s));
+                }
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    runs
+}
+
+/// Share of CPU time the hypervisor stole from this (virtual) machine since `since`, from
+/// /proc/stat, and the counters to pass next time. Audio servers miss their deadlines when it
+/// is high; tests report it next to dropouts.
+pub fn steal_share(since: Option<(u64, u64)>) -> (f64, (u64, u64)) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    let steal = fields.get(7).copied().unwrap_or(0);
+    let share = match since {
+        Some((t0, s0)) if total > t0 => (steal - s0) as f64 / (total - t0) as f64,
+        _ => 0.0,
+    };
+    (share, (total, steal))
+}
+
 /// Longest run of exact zeros in `x`.
 pub fn longest_zero_run(x: &[f32]) -> usize {
     let (mut best, mut cur) = (0, 0);
@@ -178,6 +219,14 @@ pub fn longest_zero_run(x: &[f32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_runs_are_found_at_the_edges_too() {
+        let x = [0.0, 0.0, 1.0, 0.0, 2.0, 0.0, 0.0, 0.0];
+        assert_eq!(zero_runs(&x, 2), vec![(0, 2), (5, 3)]);
+        assert_eq!(zero_runs(&x, 1).len(), 3);
+        assert!(zero_runs(&[1.0; 4], 1).is_empty());
+    }
 
     #[test]
     fn lag_search_finds_a_known_shift_both_ways() {
