@@ -69,6 +69,11 @@ pub fn run_headless(args: RunArgs) -> Result<()> {
         settings.save().context("saving settings")?;
     }
     let control = engine.control();
+    // Denoise only while the license allows it; otherwise Krisp Microphone passes through.
+    let gate = control.clone();
+    let checker = crate::license::Checker::start(move |ok| gate.set_licensed(ok))
+        .context("checking the license")?;
+    let license_lines = checker.summary.clone();
     let stats = engine.stats();
     let status = Arc::new(std::sync::Mutex::new(String::new()));
     let status_for_socket = status.clone();
@@ -102,7 +107,7 @@ pub fn run_headless(args: RunArgs) -> Result<()> {
                 .unwrap_or_default(),
             input: control.input(),
             stats: stats.snapshot(),
-            extra: vec![],
+            extra: license_lines.lock().map(|l| l.clone()).unwrap_or_default(),
         }
     })
     .with_context(|| format!("control socket {}", path.display()))?;
@@ -127,6 +132,7 @@ pub fn run_headless(args: RunArgs) -> Result<()> {
     }
     eprintln!("krisp: stopping; removing \"{}\"", mic.description);
     drop(server);
+    drop(checker);
     engine.stop();
     Ok(())
 }

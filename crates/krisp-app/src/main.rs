@@ -1,6 +1,7 @@
 //! `krisp`: the noise-cancelling microphone. One binary: CLI today, window and tray later.
 
 mod denoise;
+mod license;
 mod live;
 mod settings;
 mod wav;
@@ -103,6 +104,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sign in with a one-time code sent by e-mail, and activate this computer.
+    Login {
+        /// E-mail address (asked for when not given).
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Free this computer's seat and forget every local license secret.
+    Logout,
+    /// Show the license state (offline; `--check` asks the server first).
+    License {
+        /// Renew with the server before showing.
+        #[arg(long)]
+        check: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -154,6 +172,9 @@ fn main() -> ExitCode {
         Command::On { socket } => live::remote(Request::On, socket, false),
         Command::Off { socket } => live::remote(Request::Off, socket, false),
         Command::Status { socket, json } => live::remote(Request::Status, socket, json),
+        Command::Login { email } => license::login(email),
+        Command::Logout => license::logout(),
+        Command::License { check, json } => license::show(check, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,6 +18,10 @@ pub struct Settings {
     pub strength_db: f32,
     /// Model name.
     pub model: String,
+    /// License server chosen by the user (the IT policy and `$KRISP_SERVER` come first).
+    pub server_url: Option<String>,
+    /// The e-mail address signed in with (not a secret; shown by `krisp status`).
+    pub account: Option<String>,
 }
 
 impl Default for Settings {
@@ -27,6 +31,8 @@ impl Default for Settings {
             enabled: true,
             strength_db: krisp_dsp::FULL_STRENGTH_DB,
             model: krisp_dsp::DEFAULT_MODEL.into(),
+            server_url: None,
+            account: None,
         }
     }
 }
@@ -114,6 +120,8 @@ mod tests {
             enabled: false,
             strength_db: 12.0,
             model: "rnnoise".into(),
+            server_url: Some("https://licenses.example.org".into()),
+            account: Some("ada@example.com".into()),
         };
         save_to(&p, &s).unwrap();
         assert_eq!(load_from(&p), (s, None));

@@ -34,7 +34,7 @@ pub use client::{ClientConfig, Device, LicenseClient};
 pub use error::{Error, Result};
 pub use krisp_token;
 pub use policy::{DEFAULT_POLICY_PATH, POLICY_PATH_ENV, Policy};
-pub use state::{ExpiryReason, LicenseState, evaluate};
+pub use state::{ExpiryReason, LicenseState, evaluate, fmt_time};
 #[cfg(feature = "system-keyring")]
 pub use store::install_system_keyring;
 pub use store::{Backend, FileStore, KeyringStore, SERVICE, SecretStore, default_store};

@@ -108,7 +108,7 @@ impl LicenseState {
 }
 
 /// Seconds since the epoch as `YYYY-MM-DD HH:MM UTC` (no time-zone database needed).
-pub(crate) fn fmt_time(t: i64) -> String {
+pub fn fmt_time(t: i64) -> String {
     let days = t.div_euclid(86_400);
     let secs = t.rem_euclid(86_400);
     // Civil-from-days (Howard Hinnant's algorithm).

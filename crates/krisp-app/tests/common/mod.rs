@@ -84,14 +84,59 @@ pub struct Krisp {
     pub config: PathBuf,
 }
 
+/// Device id the audio tests' Krisp runs with.
+pub const TEST_DEVICE_ID: &str = "0123456789abcdef0123456789abcdef";
+
+/// Gives the Krisp in `config_dir` a valid 30-day license, as if it had signed in: the device
+/// id, and a token signed by a test key in the private secrets file (the store the app uses
+/// without a system keyring). Returns the `KRISP_DEV_TRUSTED_KEYS` value that trusts the key.
+/// (The licensing flow itself is tested against the real server in license_cli.rs.)
+pub fn provision_license(config_dir: &Path) -> String {
+    use krisp_token::{Claims, Signer};
+    let signer = Signer::from_secret("e2e-test", [7u8; 32]).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let token = signer.sign(&Claims {
+        sub: "acct_e2e".into(),
+        org: None,
+        dev: TEST_DEVICE_ID.into(),
+        plan: "paid".into(),
+        features: vec![],
+        iat: now - 60,
+        exp: now + 30 * 86_400,
+        grace: now + 44 * 86_400,
+    });
+    let secrets = config_dir.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(config_dir.join("device-id"), TEST_DEVICE_ID).unwrap();
+    std::fs::write(
+        secrets.join("secrets.json"),
+        serde_json::json!({ "license_token": token }).to_string(),
+    )
+    .unwrap();
+    format!("e2e-test:{}", signer.public_key().to_base64())
+}
+
 pub fn krisp_bin() -> &'static str {
     env!("CARGO_BIN_EXE_krisp")
 }
 
 impl Krisp {
+    /// Starts a licensed Krisp.
     pub fn start(server: &AudioServer, extra: &[&str]) -> Krisp {
+        Krisp::start_with(server, extra, true)
+    }
+
+    /// Starts Krisp, with a valid license or with none at all.
+    pub fn start_with(server: &AudioServer, extra: &[&str], licensed: bool) -> Krisp {
         let socket = server.runtime_dir().join("krisp-test.sock");
         let config = server.runtime_dir().join("krisp-config");
+        let keys = provision_license(&config);
+        if !licensed {
+            std::fs::remove_file(config.join("secrets").join("secrets.json")).unwrap();
+        }
         let log = std::fs::File::create(server.runtime_dir().join("krisp.log")).unwrap();
         let child = server
             .cmd(krisp_bin())
@@ -99,6 +144,10 @@ impl Krisp {
             .args(extra)
             .env("KRISP_SOCKET", &socket)
             .env("KRISP_CONFIG_DIR", &config)
+            .env("KRISP_DEV_TRUSTED_KEYS", keys)
+            // No license server in these audio tests: the provisioned token is checked offline.
+            .env("KRISP_SERVER", "http://127.0.0.1:9")
+            .env("KRISP_POLICY_FILE", config.join("no-policy.toml"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

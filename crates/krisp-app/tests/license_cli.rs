@@ -1,0 +1,316 @@
+//! `krisp login`, `krisp license`, `krisp logout` against the real license server on loopback
+//! (krisp-server in this process, SQLite in a temp dir, its dev outbox standing in for the
+//! SMTP relay), the way a user runs them: a separate `krisp` process reading the e-mail
+//! address and the code from its terminal.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Backend {
+    rt: tokio::runtime::Runtime,
+    server: Option<krisp_server::Server>,
+    url: String,
+    keys: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl Backend {
+    fn start() -> Backend {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let cfg = krisp_server::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: format!("sqlite://{}", tmp.path().join("krisp.db").display()),
+            signing_key: krisp_server::KeySource::File(tmp.path().join("keys.txt")),
+            dev_outbox: true,
+            max_connections: 4,
+            ..krisp_server::Config::default()
+        };
+        let server = rt.block_on(krisp_server::start(cfg)).unwrap();
+        let url = format!("http://{}", server.local_addr());
+        // The key the app must trust, as the server publishes it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let v: Value = rt.block_on(async {
+            reqwest::get(format!("{url}/v1/keys"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        });
+        let keys = v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                format!(
+                    "{}:{}",
+                    k["kid"].as_str().unwrap(),
+                    k["public_key"].as_str().unwrap()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        Backend {
+            rt,
+            server: Some(server),
+            url,
+            keys,
+            _tmp: tmp,
+        }
+    }
+
+    fn code_for(&self, email: &str) -> Option<String> {
+        self.server.as_ref()?.outbox()?.last_code_for(email)
+    }
+
+    fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            self.rt.block_on(s.shutdown());
+        }
+    }
+}
+
+/// A user's machine: its own config folder (settings, device id, the private secrets file).
+struct Machine {
+    dir: tempfile::TempDir,
+}
+
+impl Machine {
+    fn new() -> Machine {
+        Machine {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    fn krisp(&self, backend_url: &str, keys: &str) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_krisp"));
+        c.env("KRISP_CONFIG_DIR", self.config())
+            .env("KRISP_SERVER", backend_url)
+            .env("KRISP_DEV_TRUSTED_KEYS", keys)
+            .env("KRISP_POLICY_FILE", self.dir.path().join("no-policy.toml"))
+            .env_remove("RUST_LOG");
+        c
+    }
+
+    fn secrets(&self) -> Value {
+        std::fs::read(self.config().join("secrets").join("secrets.json"))
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .unwrap_or(Value::Null)
+    }
+}
+
+fn license_json(out: Output) -> Value {
+    assert!(
+        out.status.success(),
+        "krisp license failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Runs `krisp login`, answering the code prompt with the code the server mailed.
+fn login(m: &Machine, b: &Backend, email: &str) -> Output {
+    let earlier = b.code_for(email);
+    let mut child = m
+        .krisp(&b.url, &b.keys)
+        .args(["login", "--email", email])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let code = loop {
+        if let Some(c) = b.code_for(email).filter(|c| Some(c) != earlier.as_ref()) {
+            break c;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no code was mailed to {email}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    writeln!(child.stdin.take().unwrap(), "{code}").unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn sign_in_activate_show_and_sign_out_from_the_command_line() {
+    let mut b = Backend::start();
+    let m = Machine::new();
+
+    // Before signing in: unlicensed, and the status says what to do.
+    let v = license_json(
+        m.krisp(&b.url, &b.keys)
+            .args(["license", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["state"], "unlicensed", "{v}");
+    assert_eq!(v["allows_noise_removal"], false);
+    assert!(v["message"].as_str().unwrap().contains("sign in"), "{v}");
+
+    let out = login(&m, &b, "ada@example.com");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "login failed: {stderr}");
+    assert!(stderr.contains("signed in as ada@example.com"), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Licensed"),
+        "{out:?}"
+    );
+
+    // Licensed, bound to this machine's id, secrets in a private file (no keyring here).
+    let v = license_json(
+        m.krisp(&b.url, &b.keys)
+            .args(["license", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["state"], "active", "{v}");
+    assert_eq!(v["account"], "ada@example.com");
+    let id = std::fs::read_to_string(m.config().join("device-id")).unwrap();
+    assert_eq!(v["device_id"], id.trim());
+    assert_eq!(mode(&m.config().join("device-id")), 0o600);
+    let secrets = m.config().join("secrets").join("secrets.json");
+    assert_eq!(mode(&secrets), 0o600);
+    let s = m.secrets();
+    for k in ["refresh_token", "license_token"] {
+        assert!(s.get(k).is_some(), "{k} missing from the store: {s}");
+    }
+    assert!(
+        !std::fs::read_to_string(m.config().join("settings.toml"))
+            .unwrap_or_default()
+            .contains(s["refresh_token"].as_str().unwrap()),
+        "a secret leaked into the settings file"
+    );
+
+    // A renewal with the server.
+    let v = license_json(
+        m.krisp(&b.url, &b.keys)
+            .args(["license", "--check", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["state"], "active", "{v}");
+
+    // A token copied to another machine does not work there.
+    let other = Machine::new();
+    std::fs::create_dir_all(other.config().join("secrets")).unwrap();
+    std::fs::copy(
+        &secrets,
+        other.config().join("secrets").join("secrets.json"),
+    )
+    .unwrap();
+    let v = license_json(
+        other
+            .krisp(&b.url, &b.keys)
+            .args(["license", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["state"], "stopped", "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("another computer"),
+        "{v}"
+    );
+
+    // Sign-out frees the seat and forgets the secrets…
+    let out = m.krisp(&b.url, &b.keys).arg("logout").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = m.secrets();
+    for k in ["refresh_token", "device_token", "license_token"] {
+        assert!(s.get(k).is_none(), "{k} left behind: {s}");
+    }
+    let v = license_json(
+        m.krisp(&b.url, &b.keys)
+            .args(["license", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["state"], "unlicensed", "{v}");
+
+    // …but not while the server is down: then nothing is removed and the user is told.
+    let out = login(&m, &b, "ada@example.com");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b.stop();
+    let out = m.krisp(&b.url, &b.keys).arg("logout").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing was removed"), "{err}");
+    assert!(m.secrets().get("refresh_token").is_some());
+    // Offline, the stored license keeps working.
+    let v = license_json(
+        m.krisp(&b.url, &b.keys)
+            .args(["license", "--check", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["allows_noise_removal"], true, "{v}");
+}
+
+/// A server that answers every request with an HTML error page (a captive portal, a proxy).
+fn html_responder() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = "<html><body><h1>502 Bad Gateway</h1></body></html>";
+            let _ = write!(
+                s,
+                "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn a_login_against_a_broken_or_absent_server_fails_with_a_clear_message() {
+    let m = Machine::new();
+    for url in [html_responder(), "http://127.0.0.1:9".to_owned()] {
+        let out = m
+            .krisp(&url, "")
+            .args(["login", "--email", "ada@example.com"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("asking") && err.contains("for a sign-in code"),
+            "{url}: {err}"
+        );
+        assert!(err.lines().count() <= 3, "not a short message: {err}");
+        assert!(m.secrets().is_null(), "nothing stored after a failure");
+    }
+}
