@@ -150,7 +150,9 @@ pub(crate) fn open(sink: &str, rate: u32, buffer_frames: usize) -> Result<Simple
     let attr = BufferAttr {
         maxlength: u32::MAX,
         tlength: (buffer_frames.max(2 * PERIOD) * 4) as u32,
-        prebuf: bytes,
+        // No re-buffering after a server-side underrun: the server plays silence and drops
+        // what arrives late, so a stall costs a gap but never adds to the latency.
+        prebuf: 0,
         minreq: bytes,
         fragsize: u32::MAX,
     };
