@@ -231,6 +231,8 @@ pub struct Summary {
     pub server: String,
     pub secrets: String,
     pub last_check: Option<String>,
+    /// When the license needs renewing (active) or stops working offline (grace).
+    pub expires: Option<String>,
 }
 
 impl Summary {
@@ -249,6 +251,16 @@ impl Summary {
             server: lic.server.clone(),
             secrets: lic.client.backend().to_string(),
             last_check,
+            expires: match state {
+                LicenseState::Active { until, .. } => {
+                    Some(format!("renews by {}", krisp_license::fmt_time(*until)))
+                }
+                LicenseState::Grace { until } => Some(format!(
+                    "works offline until {}",
+                    krisp_license::fmt_time(*until)
+                )),
+                _ => None,
+            },
         }
     }
 
@@ -262,7 +274,8 @@ impl Summary {
                 self.server
             ),
             format!(
-                "last check: {}; secrets in {}",
+                "expiry: {}; last check: {}; secrets in {}",
+                self.expires.as_deref().unwrap_or("-"),
                 self.last_check.as_deref().unwrap_or("not yet"),
                 self.secrets
             ),

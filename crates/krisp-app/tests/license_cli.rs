@@ -187,6 +187,10 @@ fn sign_in_activate_show_and_sign_out_from_the_command_line() {
     );
     assert_eq!(v["state"], "active", "{v}");
     assert_eq!(v["account"], "ada@example.com");
+    assert!(
+        v["expires"].as_str().unwrap().starts_with("renews by 20"),
+        "{v}"
+    );
     let id = std::fs::read_to_string(m.config().join("device-id")).unwrap();
     assert_eq!(v["device_id"], id.trim());
     assert_eq!(mode(&m.config().join("device-id")), 0o600);
