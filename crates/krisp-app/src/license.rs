@@ -65,12 +65,56 @@ pub fn trusted_keys() -> Result<KeySet> {
     Ok(keys)
 }
 
+/// File next to the policy that holds the organisation's enrolment token, when the
+/// installer keeps it out of the world-readable policy (root:krisp, 0640).
+pub const ENROLMENT_TOKEN_FILE: &str = "enrolment-token";
+
 /// The IT policy file, if there is one (a broken one is an error: IT must hear about it).
+/// An enrolment token in `enrolment-token` beside it is used when the policy has none.
 pub fn policy() -> Result<Option<Policy>> {
     let path = std::env::var_os(POLICY_PATH_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(Policy::path);
-    Policy::load(&path).with_context(|| format!("reading the IT policy {}", path.display()))
+    let mut policy =
+        Policy::load(&path).with_context(|| format!("reading the IT policy {}", path.display()))?;
+    if let Some(p) = policy.as_mut()
+        && p.enrolment_token.is_none()
+        && let Some(dir) = path.parent()
+    {
+        let file = dir.join(ENROLMENT_TOKEN_FILE);
+        match std::fs::read_to_string(&file) {
+            Ok(t) if !t.trim().is_empty() => p.enrolment_token = Some(t.trim().to_owned()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!(
+                "krisp: cannot read the enrolment token {} ({e}); ask IT to add you to the \
+                 `krisp` group",
+                file.display()
+            ),
+        }
+    }
+    Ok(policy)
+}
+
+/// Enrols this computer with the IT policy's organisation token when it has no device or
+/// sign-in yet (the first start after a silent install). Returns whether it enrolled.
+pub async fn enrol_if_needed(lic: &Licensing) -> krisp_license::Result<bool> {
+    let Some(p) = &lic.policy else {
+        return Ok(false);
+    };
+    if p.enrolment_token.is_none()
+        || lic
+            .client
+            .next_check_in(&RefreshPolicy::default(), 0)?
+            .is_some()
+    {
+        return Ok(false);
+    }
+    lic.client
+        .enrol_with_policy(p, &host_name(), std::env::consts::OS)
+        .await?;
+    eprintln!("krisp: this computer was enrolled by the IT policy");
+    Ok(true)
 }
 
 /// Which server: the IT policy, then `$KRISP_SERVER`, then the settings, then the default.
@@ -204,7 +248,10 @@ pub fn logout() -> Result<()> {
 pub fn show(check: bool, json: bool) -> Result<()> {
     let lic = Licensing::open()?;
     let state = if check {
-        runtime()?.block_on(lic.client.check())?
+        runtime()?.block_on(async {
+            enrol_if_needed(&lic).await?;
+            lic.client.check().await
+        })?
     } else {
         lic.client.state()?
     };
