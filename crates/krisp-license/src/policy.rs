@@ -14,8 +14,15 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
-/// Where installers put the policy file.
+/// Where installers put the policy file (Linux: the .deb; macOS: the .pkg's postinstall or
+/// MDM). On Windows the MSI writes the same values to `HKLM\SOFTWARE\Policies\Krisp`
+/// (reading them is still to do in the app).
+#[cfg(not(target_os = "macos"))]
 pub const DEFAULT_POLICY_PATH: &str = "/etc/krisp/policy.toml";
+/// Where installers put the policy file (Linux: the .deb; macOS: the .pkg's postinstall or
+/// MDM).
+#[cfg(target_os = "macos")]
+pub const DEFAULT_POLICY_PATH: &str = "/Library/Application Support/Krisp/policy.toml";
 
 /// Environment variable that overrides [`DEFAULT_POLICY_PATH`].
 pub const POLICY_PATH_ENV: &str = "KRISP_POLICY_FILE";
