@@ -102,6 +102,9 @@ impl Machine {
             .env("KRISP_SERVER", backend_url)
             .env("KRISP_DEV_TRUSTED_KEYS", keys)
             .env("KRISP_POLICY_FILE", self.dir.path().join("no-policy.toml"))
+            // No desktop session: no Secret Service answers, so secrets go to the private
+            // file (the fallback path); the keyring path has its own test below.
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
             .env_remove("RUST_LOG");
         c
     }
@@ -317,4 +320,167 @@ fn a_login_against_a_broken_or_absent_server_fails_with_a_clear_message() {
         assert!(err.lines().count() <= 3, "not a short message: {err}");
         assert!(m.secrets().is_null(), "nothing stored after a failure");
     }
+}
+
+/// A private D-Bus session with gnome-keyring's Secret Service, unlocked, as on a desktop.
+struct Desktop {
+    dbus: std::process::Child,
+    keyring: Option<std::process::Child>,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Desktop {
+    fn start() -> Option<Desktop> {
+        let have = |p: &str| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {p}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !have("gnome-keyring-daemon") || !have("dbus-daemon") {
+            assert!(
+                std::env::var_os("KRISP_REQUIRE_SERVERS").is_none(),
+                "gnome-keyring-daemon or dbus-daemon missing (KRISP_REQUIRE_SERVERS is set)"
+            );
+            eprintln!(
+                "\n!!!! SKIPPING the keyring test: no gnome-keyring-daemon/dbus-daemon !!!!\n"
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let address = format!("unix:path={}/bus", dir.path().display());
+        let dbus = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", &format!("--address={address}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let bus = dir.path().join("bus");
+        let t = Instant::now();
+        while !bus.exists() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut keyring = Command::new("gnome-keyring-daemon")
+            .args(["--unlock", "--components=secrets", "--foreground"])
+            .env("DBUS_SESSION_BUS_ADDRESS", &address)
+            .env("HOME", dir.path())
+            .env("XDG_RUNTIME_DIR", dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The login keyring's password, as a desktop login would give it.
+        let mut stdin = keyring.stdin.take().unwrap();
+        stdin.write_all(b"test-password").unwrap();
+        drop(stdin);
+        Some(Desktop {
+            dbus,
+            keyring: Some(keyring),
+            address,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Desktop {
+    fn drop(&mut self) {
+        if let Some(mut k) = self.keyring.take() {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
+        let _ = self.dbus.kill();
+        let _ = self.dbus.wait();
+    }
+}
+
+#[test]
+fn on_a_desktop_the_secrets_go_to_the_keyring_not_to_a_file() {
+    let Some(desktop) = Desktop::start() else {
+        return;
+    };
+    let b = Backend::start();
+    let m = Machine::new();
+    let with_desktop = |c: &mut Command| {
+        c.env("DBUS_SESSION_BUS_ADDRESS", &desktop.address);
+    };
+    // The Secret Service needs a moment to claim its bus name.
+    let t = Instant::now();
+    let summary = loop {
+        let mut c = m.krisp(&b.url, &b.keys);
+        with_desktop(&mut c);
+        let v = license_json(c.args(["license", "--json"]).output().unwrap());
+        if v["secrets"].as_str().unwrap().contains("keyring")
+            || t.elapsed() > Duration::from_secs(10)
+        {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        summary["secrets"]
+            .as_str()
+            .unwrap()
+            .contains("system keyring"),
+        "{summary}"
+    );
+
+    let mut child = m.krisp(&b.url, &b.keys);
+    with_desktop(&mut child);
+    let mut child = child
+        .args(["login", "--email", "grace@example.com"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let code = loop {
+        if let Some(c) = b.code_for("grace@example.com") {
+            break c;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no code mailed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    writeln!(child.stdin.take().unwrap(), "{code}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("Secrets are kept in system keyring"), "{err}");
+    assert!(
+        m.secrets().is_null(),
+        "a secrets file was written: {}",
+        m.secrets()
+    );
+
+    let mut c = m.krisp(&b.url, &b.keys);
+    with_desktop(&mut c);
+    let v = license_json(c.args(["license", "--json"]).output().unwrap());
+    assert_eq!(v["state"], "active", "{v}");
+
+    // Without the desktop session the same machine has no access to them.
+    let v = license_json(
+        m.krisp(&b.url, &b.keys)
+            .args(["license", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["state"], "unlicensed", "{v}");
+
+    let mut c = m.krisp(&b.url, &b.keys);
+    with_desktop(&mut c);
+    let out = c.arg("logout").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut c = m.krisp(&b.url, &b.keys);
+    with_desktop(&mut c);
+    let v = license_json(c.args(["license", "--json"]).output().unwrap());
+    assert_eq!(
+        v["state"], "unlicensed",
+        "logout left the keyring entries: {v}"
+    );
 }

@@ -22,6 +22,8 @@ pub(crate) mod keys {
     pub const LICENSE_TOKEN: &str = "license_token";
     pub const TRUSTED_TIME: &str = "trusted_time";
     pub const REVOKED: &str = "revoked";
+    /// Read (never written) to check that a keyring answers.
+    pub const PROBE: &str = "probe";
     pub const ALL: [&str; 5] = [
         REFRESH_TOKEN,
         DEVICE_TOKEN,
@@ -235,9 +237,10 @@ pub fn install_system_keyring() -> Result<()> {
     Ok(())
 }
 
-/// The keyring if one is available (with feature `system-keyring`, the platform keyring;
-/// otherwise a keyring-core default store the app installed), else the file store in
-/// `fallback_dir`.
+/// The keyring if one is available and answers (with feature `system-keyring`, the platform
+/// keyring; otherwise a keyring-core default store the app installed), else the file store in
+/// `fallback_dir`. "Answers" is checked with one read: on Linux the Secret Service store is
+/// created without contacting D-Bus, and a headless machine has no Secret Service.
 pub fn default_store(fallback_dir: impl AsRef<Path>) -> Result<Box<dyn SecretStore>> {
     #[cfg(feature = "system-keyring")]
     if keyring_core::get_default_store().is_none()
@@ -245,16 +248,17 @@ pub fn default_store(fallback_dir: impl AsRef<Path>) -> Result<Box<dyn SecretSto
     {
         tracing::warn!(error = %e, "the system keyring is not available");
     }
-    match KeyringStore::from_default_store() {
-        Some(k) => Ok(Box::new(k)),
-        None => {
-            tracing::warn!(
-                dir = %fallback_dir.as_ref().display(),
-                "no system keyring available: keeping license secrets in a private file"
-            );
-            Ok(Box::new(FileStore::new(fallback_dir)?))
+    if let Some(k) = KeyringStore::from_default_store() {
+        match k.get(keys::PROBE) {
+            Ok(_) => return Ok(Box::new(k)),
+            Err(e) => tracing::warn!(error = %e, "the system keyring does not answer"),
         }
     }
+    tracing::warn!(
+        dir = %fallback_dir.as_ref().display(),
+        "no system keyring available: keeping license secrets in a private file"
+    );
+    Ok(Box::new(FileStore::new(fallback_dir)?))
 }
 
 #[cfg(test)]

@@ -95,6 +95,9 @@ impl AudioServer {
                 "DBUS_SESSION_BUS_ADDRESS",
                 format!("unix:path={}/bus", self.dir.path().display()),
             );
+        } else {
+            // Nothing of the developer's desktop session (their keyring) leaks into a test.
+            c.env_remove("DBUS_SESSION_BUS_ADDRESS");
         }
         c
     }

@@ -148,6 +148,9 @@ impl Krisp {
             // No license server in these audio tests: the provisioned token is checked offline.
             .env("KRISP_SERVER", "http://127.0.0.1:9")
             .env("KRISP_POLICY_FILE", config.join("no-policy.toml"))
+            // The provisioned license is in the private file: no Secret Service (the
+            // PipeWire tests' private bus could otherwise activate one).
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
