@@ -472,3 +472,65 @@ fn without_a_license_the_microphone_passes_through_untouched() {
         "Krisp Microphone is not the microphone passed through: {best:.1} dB"
     );
 }
+
+/// The machine suspends and resumes (simulated as the issue suggests: the microphone and the
+/// virtual device's sink are suspended with pactl, then resumed): audio comes back through
+/// "Krisp Microphone" without anyone doing anything, and there is still exactly one.
+#[test]
+fn audio_comes_back_after_the_devices_are_suspended_and_resumed() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(server) = AudioServer::start(Kind::PulseAudio, 48_000, 1) else {
+        return;
+    };
+    let (_clean, noisy) = speech_and_noisy(40.0, MIX_SNR_DB);
+    let wav = server.runtime_dir().join("noisy.wav");
+    write_f32_wav(&wav, 48_000, &noisy);
+    let _player = Player::start(&server, &wav);
+    let krisp = Krisp::start(&server, &["--input", "fake_mic"]);
+    let captured = |k: &Krisp| {
+        k.status_json(&server)["stats"]["captured_frames"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(
+        server.wait_for(Duration::from_secs(15), |_| captured(&krisp) > 48_000),
+        "the microphone never started"
+    );
+    for (kind, name) in [("source", "fake_mic"), ("sink", "krisp_mic_sink")] {
+        server
+            .pactl(&[&format!("suspend-{kind}"), name, "1"])
+            .unwrap_or_else(|| panic!("cannot suspend {name}"));
+    }
+    let at_suspend = captured(&krisp);
+    std::thread::sleep(Duration::from_secs(2));
+    let during = captured(&krisp) - at_suspend;
+    assert!(
+        during < 24_000,
+        "the suspend did not stop the microphone ({during} frames in 2 s): the test proves nothing"
+    );
+    for (kind, name) in [("source", "fake_mic"), ("sink", "krisp_mic_sink")] {
+        server
+            .pactl(&[&format!("suspend-{kind}"), name, "0"])
+            .unwrap_or_else(|| panic!("cannot resume {name}"));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let before = captured(&krisp);
+    let (mic, out, _) = record_pair(&server, "fake_mic", "krisp_mic", 4.0);
+    let after = captured(&krisp);
+    assert!(
+        after - before >= 3 * 48_000,
+        "capture did not resume: {} frames in 4 s",
+        after - before
+    );
+    let (e_mic, e_out) = (energy(&mic[48_000..]), energy(&out[48_000..]));
+    assert!(
+        e_out > e_mic * 0.01,
+        "Krisp Microphone stayed (nearly) silent after resume: {e_out:.3e} vs mic {e_mic:.3e}"
+    );
+    assert!(
+        longest_zero_run(&out[48_000..]) < 4_800,
+        "a gap of {} samples after resume",
+        longest_zero_run(&out[48_000..])
+    );
+    assert_eq!(server.source_count("krisp_mic"), 1);
+}
