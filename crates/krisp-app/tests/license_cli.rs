@@ -484,3 +484,57 @@ fn on_a_desktop_the_secrets_go_to_the_keyring_not_to_a_file() {
         "logout left the keyring entries: {v}"
     );
 }
+
+/// A session bus where the Secret Service can be activated but has no unlocked collection
+/// (a headless login, a fresh account): storing would fail or wait for a prompt nobody
+/// sees. Krisp must not hang or fail: it keeps its secrets in the private file.
+#[test]
+fn a_keyring_that_cannot_store_falls_back_to_the_private_file() {
+    if Command::new("sh")
+        .args(["-c", "command -v dbus-daemon"])
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        assert!(
+            std::env::var_os("KRISP_REQUIRE_SERVERS").is_none(),
+            "no dbus-daemon"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let address = format!("unix:path={}/bus", dir.path().display());
+    let mut dbus = Command::new("dbus-daemon")
+        .args(["--session", "--nofork", &format!("--address={address}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !dir.path().join("bus").exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = Machine::new();
+    let t = Instant::now();
+    let out = m
+        .krisp("http://127.0.0.1:9", "")
+        .args(["license", "--json"])
+        .env("DBUS_SESSION_BUS_ADDRESS", &address)
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    let _ = dbus.kill();
+    let _ = dbus.wait();
+    let _ = Command::new("pkill")
+        .args([
+            "-f",
+            &format!("gnome-keyring-daemon.*{}", dir.path().display()),
+        ])
+        .status();
+    let v = license_json(out);
+    assert!(
+        v["secrets"].as_str().unwrap().contains("private file"),
+        "{v}"
+    );
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+}

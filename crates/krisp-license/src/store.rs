@@ -22,7 +22,7 @@ pub(crate) mod keys {
     pub const LICENSE_TOKEN: &str = "license_token";
     pub const TRUSTED_TIME: &str = "trusted_time";
     pub const REVOKED: &str = "revoked";
-    /// Read (never written) to check that a keyring answers.
+    /// Written and deleted again to check that a keyring works.
     pub const PROBE: &str = "probe";
     pub const ALL: [&str; 5] = [
         REFRESH_TOKEN,
@@ -237,10 +237,15 @@ pub fn install_system_keyring() -> Result<()> {
     Ok(())
 }
 
+/// How long [`default_store`] waits for the keyring to answer its probe.
+pub const KEYRING_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The keyring if one is available and answers (with feature `system-keyring`, the platform
 /// keyring; otherwise a keyring-core default store the app installed), else the file store in
-/// `fallback_dir`. "Answers" is checked with one read: on Linux the Secret Service store is
-/// created without contacting D-Bus, and a headless machine has no Secret Service.
+/// `fallback_dir`. "Answers" is checked by storing and deleting a probe entry within
+/// [`KEYRING_PROBE_TIMEOUT`]: on Linux the Secret Service store is created without contacting
+/// D-Bus, a headless machine has no Secret Service, and one without an unlocked collection
+/// fails or waits for a prompt when asked to store.
 pub fn default_store(fallback_dir: impl AsRef<Path>) -> Result<Box<dyn SecretStore>> {
     #[cfg(feature = "system-keyring")]
     if keyring_core::get_default_store().is_none()
@@ -249,9 +254,27 @@ pub fn default_store(fallback_dir: impl AsRef<Path>) -> Result<Box<dyn SecretSto
         tracing::warn!(error = %e, "the system keyring is not available");
     }
     if let Some(k) = KeyringStore::from_default_store() {
-        match k.get(keys::PROBE) {
-            Ok(_) => return Ok(Box::new(k)),
-            Err(e) => tracing::warn!(error = %e, "the system keyring does not answer"),
+        // A Secret Service that is activated but has no unlocked collection may wait for a
+        // password prompt nobody sees: give it a few seconds, then use the file.
+        let probe = KeyringStore::new(k.store.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let _ = std::thread::Builder::new()
+            .name("krisp-keyring-probe".into())
+            .spawn(move || {
+                // A write, not only a read: a Secret Service without a usable collection
+                // answers searches but fails (or prompts) on storing.
+                let r = probe
+                    .set(keys::PROBE, "1")
+                    .and_then(|()| probe.delete(keys::PROBE));
+                let _ = tx.send(r);
+            });
+        match rx.recv_timeout(KEYRING_PROBE_TIMEOUT) {
+            Ok(Ok(())) => return Ok(Box::new(k)),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the system keyring does not answer"),
+            Err(_) => tracing::warn!(
+                "the system keyring did not answer within {} s",
+                KEYRING_PROBE_TIMEOUT.as_secs()
+            ),
         }
     }
     tracing::warn!(

@@ -148,9 +148,13 @@ impl Krisp {
             // No license server in these audio tests: the provisioned token is checked offline.
             .env("KRISP_SERVER", "http://127.0.0.1:9")
             .env("KRISP_POLICY_FILE", config.join("no-policy.toml"))
-            // The provisioned license is in the private file: no Secret Service (the
-            // PipeWire tests' private bus could otherwise activate one).
-            .env_remove("DBUS_SESSION_BUS_ADDRESS")
+            // The provisioned license is in the private file: no Secret Service. (Unset, the
+            // bus address defaults to $XDG_RUNTIME_DIR/bus, which is the PipeWire tests'
+            // private bus, where D-Bus activation would start one.)
+            .env(
+                "DBUS_SESSION_BUS_ADDRESS",
+                "unix:path=/nonexistent/krisp-test-no-bus",
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
