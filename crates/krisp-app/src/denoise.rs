@@ -102,9 +102,12 @@ pub fn run(args: &Args) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    // Created like any file the user writes (0666 less the umask), not tempfile's private
+    // 0600: the result is a normal document.
     let tmp = tempfile::Builder::new()
         .prefix(".krisp-denoise-")
         .suffix(".wav.part")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     wav::write(tmp.path(), audio.spec, &out)?;

@@ -56,6 +56,12 @@ fn denoise_improves_real_noisy_speech_and_keeps_format_and_alignment() {
     let (spec, y) = read_wav(&out);
     assert_eq!(spec, mono_spec(48_000, SampleFormat::Int, 16, 1));
     assert_eq!(y.len(), noisy.len());
+    // OUT gets the permissions any new file of the user gets (umask), not a private 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let plain = dir.path().join("plain");
+    std::fs::File::create(&plain).unwrap();
+    assert_eq!(format!("{:o}", mode(&out)), format!("{:o}", mode(&plain)));
     let s = 24_000;
     let gain = si_sdr(&clean[s..], &y[s..]) - si_sdr(&clean[s..], &noisy[s..]);
     assert!(gain > 2.5, "SI-SDR gain {gain:.2} dB");
