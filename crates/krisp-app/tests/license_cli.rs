@@ -127,9 +127,15 @@ fn license_json(out: Output) -> Value {
 
 /// Runs `krisp login`, answering the code prompt with the code the server mailed.
 fn login(m: &Machine, b: &Backend, email: &str) -> Output {
+    login_with(m, b, email, |_| {})
+}
+
+/// [`login`] with `setup` applied to the command first (e.g. a desktop session's bus).
+fn login_with(m: &Machine, b: &Backend, email: &str, setup: impl Fn(&mut Command)) -> Output {
     let earlier = b.code_for(email);
-    let mut child = m
-        .krisp(&b.url, &b.keys)
+    let mut cmd = m.krisp(&b.url, &b.keys);
+    setup(&mut cmd);
+    let mut child = cmd
         .args(["login", "--email", email])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -426,25 +432,7 @@ fn on_a_desktop_the_secrets_go_to_the_keyring_not_to_a_file() {
         "{summary}"
     );
 
-    let mut child = m.krisp(&b.url, &b.keys);
-    with_desktop(&mut child);
-    let mut child = child
-        .args(["login", "--email", "grace@example.com"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    let code = loop {
-        if let Some(c) = b.code_for("grace@example.com") {
-            break c;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "no code mailed");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    writeln!(child.stdin.take().unwrap(), "{code}").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = login_with(&m, &b, "grace@example.com", with_desktop);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("Secrets are kept in system keyring"), "{err}");
