@@ -19,7 +19,7 @@ pub mod socket;
 mod stats;
 mod writer;
 
-pub use engine::{Control, Engine, EngineConfig};
+pub use engine::{Control, Engine, EngineConfig, Health, StatusHandle};
 pub use krisp_vdev::pulse::VirtualMic;
 pub use stats::{Stats, StatsSnapshot};
 
