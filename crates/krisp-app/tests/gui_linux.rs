@@ -618,7 +618,8 @@ fn the_window_and_the_tray_drive_the_microphone() {
     );
 
     // Quit from the tray removes Krisp Microphone and exits cleanly.
-    let quit = menu.iter().find(|(_, l)| l == "Quit").unwrap().0;
+    // (The Microphone submenu was rebuilt meanwhile, so the menu's ids are read again.)
+    let quit = gui.menu(&tray).into_iter().find(|(_, l)| l == "Quit").unwrap().0;
     gui.click_menu(&tray, quit);
     let t = Instant::now();
     let status = loop {
@@ -689,11 +690,39 @@ fn a_second_launch_shows_the_window_of_the_first() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(out.success(), "the second launch failed");
-    assert!(
-        window_id(&gui.x, Duration::from_secs(10)).is_some(),
-        "the first krisp's window did not show"
-    );
+    let id =
+        window_id(&gui.x, Duration::from_secs(10)).expect("the first krisp's window did not show");
     assert_eq!(server.source_count("krisp_mic"), 1, "two Krisp Microphones");
+
+    // The window's close button (what a window manager sends) hides it to the tray: Krisp
+    // and its microphone keep running.
+    let st = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/tools/close-window.py"
+        ))
+        .arg(&id)
+        .env("DISPLAY", &gui.x.display)
+        .status()
+        .unwrap();
+    assert!(st.success(), "close-window.py failed");
+    let t = Instant::now();
+    while window_id(&gui.x, Duration::ZERO).is_some() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "closing did not hide the window"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        krisp.child.try_wait().unwrap().is_none(),
+        "closing the window quit krisp"
+    );
+    assert_eq!(
+        server.source_count("krisp_mic"),
+        1,
+        "closing the window removed the mic"
+    );
     assert!(krisp.interrupt(), "Ctrl-C did not end krisp cleanly");
     assert_eq!(server.source_count("krisp_mic"), 0);
 }
