@@ -23,6 +23,7 @@ const ON: [u8; 3] = [0x2f, 0x9e, 0x44];
 const OFF: [u8; 3] = [0x86, 0x8e, 0x96];
 const PROBLEM: [u8; 3] = [0xe0, 0x31, 0x31];
 const METER: [u8; 3] = [0x1c, 0x7e, 0xd6];
+const WARNING: [u8; 3] = [0xf0, 0x8c, 0x00];
 
 fn have(bin: &str) -> bool {
     Command::new("sh")
@@ -619,7 +620,12 @@ fn the_window_and_the_tray_drive_the_microphone() {
 
     // Quit from the tray removes Krisp Microphone and exits cleanly.
     // (The Microphone submenu was rebuilt meanwhile, so the menu's ids are read again.)
-    let quit = gui.menu(&tray).into_iter().find(|(_, l)| l == "Quit").unwrap().0;
+    let quit = gui
+        .menu(&tray)
+        .into_iter()
+        .find(|(_, l)| l == "Quit")
+        .unwrap()
+        .0;
     gui.click_menu(&tray, quit);
     let t = Instant::now();
     let status = loop {
@@ -725,4 +731,94 @@ fn a_second_launch_shows_the_window_of_the_first() {
     );
     assert!(krisp.interrupt(), "Ctrl-C did not end krisp cleanly");
     assert_eq!(server.source_count("krisp_mic"), 0);
+}
+
+fn xdotool(x: &Xvfb, args: &[&str]) {
+    let st = Command::new("xdotool")
+        .env("DISPLAY", &x.display)
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(st.success(), "xdotool {args:?} failed");
+}
+
+#[test]
+fn signing_in_from_the_window_turns_noise_removal_on() {
+    if !tools_present() {
+        return;
+    }
+    let Some(server) = AudioServer::start(Kind::PulseAudio, 48_000, 1) else {
+        return;
+    };
+    let mut backend = common::backend::Backend::start();
+    let gui = Gui::start(&server);
+    let krisp = Krisp::spawn(
+        &server,
+        &["run", "--input", "fake_mic"],
+        false,
+        &[
+            ("DISPLAY", gui.x.display.as_ref()),
+            ("DBUS_SESSION_BUS_ADDRESS", gui.bus.address.as_ref()),
+            (
+                "XDG_CONFIG_HOME",
+                server.runtime_dir().join("xdg").as_os_str(),
+            ),
+            ("LIBGL_ALWAYS_SOFTWARE", "1".as_ref()),
+            ("KRISP_SERVER", backend.url.as_ref()),
+            ("KRISP_DEV_TRUSTED_KEYS", backend.keys.as_ref()),
+        ],
+    );
+    let log =
+        || std::fs::read_to_string(server.runtime_dir().join("krisp.log")).unwrap_or_default();
+    let id = window_id(&gui.x, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("no Krisp window appeared; log:\n{}", log()));
+    let st = wait_status(&server, &krisp, Duration::from_secs(20), |s| {
+        s["stats"]["input_running"] == true
+    });
+    assert_eq!(st["denoising"], false, "denoising without a license: {st}");
+    std::thread::sleep(Duration::from_millis(500));
+    let before = screenshot(&gui.x, &id, "window-not-signed-in.png");
+    assert!(
+        before.count(WARNING) > 3_000,
+        "no 'sign in' banner while unlicensed"
+    );
+
+    // The cursor waits in the e-mail field: type the address, Enter; then the mailed code.
+    xdotool(&gui.x, &["windowfocus", "--sync", &id]);
+    xdotool(&gui.x, &["type", "--delay", "20", "ada@example.com"]);
+    xdotool(&gui.x, &["key", "Return"]);
+    let t = Instant::now();
+    let code = loop {
+        if let Some(c) = backend.code_for("ada@example.com") {
+            break c;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the window sent no code request; log:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    screenshot(&gui.x, &id, "window-enter-code.png");
+    xdotool(&gui.x, &["type", "--delay", "20", &code]);
+    xdotool(&gui.x, &["key", "Return"]);
+    let st = wait_status(&server, &krisp, Duration::from_secs(30), |s| {
+        s["denoising"] == true
+    });
+    assert_eq!(
+        st["denoising"],
+        true,
+        "signing in from the window did not turn noise removal on: {st}\n{}",
+        log()
+    );
+    assert!(
+        st["extra"][0].as_str().unwrap_or("").contains("active"),
+        "{st}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let after = screenshot(&gui.x, &id, "window-signed-in.png");
+    assert_eq!(after.count(WARNING), 0, "the 'sign in' banner stayed");
+    drop(krisp);
+    backend.stop();
 }

@@ -180,6 +180,8 @@ struct View {
     meters: [Meter; 2],
     last_frame: Instant,
     hide_frames: u8,
+    /// Put the cursor in the sign-in field shown next (e-mail, then code).
+    focus_field: bool,
 }
 
 impl View {
@@ -229,6 +231,11 @@ impl View {
             meters: [Meter { shown_db: -90.0 }, Meter { shown_db: -90.0 }],
             last_frame: Instant::now(),
             hide_frames: 0,
+            focus_field: session
+                .checker
+                .summary
+                .lock()
+                .is_ok_and(|s| s.state == "unlicensed"),
         }
     }
 
@@ -361,6 +368,7 @@ impl View {
             match job {
                 Job::CodeSent(Ok(email)) => {
                     self.notice = Some((format!("A 6-digit code was sent to {email}."), false));
+                    self.focus_field = true;
                     self.sign_in = SignIn::Code { email };
                 }
                 Job::CodeSent(Err(e)) => {
@@ -375,6 +383,7 @@ impl View {
                 }
                 Job::SignedIn(Err(e)) => {
                     self.notice = Some((e, true));
+                    self.focus_field = true;
                     if let SignIn::Verifying { email } = &self.sign_in {
                         self.sign_in = SignIn::Code {
                             email: email.clone(),
@@ -552,10 +561,11 @@ impl View {
 
                 // The switch.
                 let on = self.control.enabled();
-                let (fill, text) = if on {
-                    (colors::ON, "Noise removal: ON")
-                } else {
-                    (colors::OFF, "Noise removal: OFF")
+                let (fill, text) = match (on, self.control.denoising()) {
+                    (true, true) => (colors::ON, "Noise removal: ON"),
+                    // Switched on, but the license does not allow it: not green.
+                    (true, false) => (colors::OFF, "Noise removal: ON (needs a license)"),
+                    (false, _) => (colors::OFF, "Noise removal: OFF"),
                 };
                 let locked = self.locked("enabled");
                 let button = egui::Button::new(
@@ -757,15 +767,22 @@ impl View {
             SignIn::Email | SignIn::Sending | SignIn::SigningOut => {
                 let busy = self.sign_in != SignIn::Email;
                 ui.horizontal(|ui| {
-                    ui.add(
+                    let field = ui.add(
                         egui::TextEdit::singleline(&mut self.email)
                             .hint_text("you@example.com")
                             .desired_width(220.0),
                     );
+                    // Not signed in: the cursor waits in the e-mail field; Enter sends.
+                    if self.focus_field {
+                        field.request_focus();
+                        self.focus_field = false;
+                    }
+                    let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
                     let ok = self.email.contains('@') && !busy;
                     if ui
                         .add_enabled(ok, egui::Button::new("Send sign-in code"))
                         .clicked()
+                        || (ok && enter)
                     {
                         self.sign_in = SignIn::Sending;
                         let email = self.email.trim().to_owned();
@@ -783,13 +800,18 @@ impl View {
                 let busy = matches!(self.sign_in, SignIn::Verifying { .. });
                 ui.label(format!("Enter the code sent to {email}"));
                 ui.horizontal(|ui| {
-                    ui.add(
+                    let field = ui.add(
                         egui::TextEdit::singleline(&mut self.code)
                             .hint_text("123456")
                             .desired_width(100.0),
                     );
+                    if self.focus_field {
+                        field.request_focus();
+                        self.focus_field = false;
+                    }
+                    let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
                     let ok = !self.code.trim().is_empty() && !busy;
-                    if ui.add_enabled(ok, egui::Button::new("Sign in")).clicked() {
+                    if ui.add_enabled(ok, egui::Button::new("Sign in")).clicked() || (ok && enter) {
                         self.sign_in = SignIn::Verifying {
                             email: email.clone(),
                         };

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod audio_server;
+pub mod backend;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
