@@ -115,6 +115,15 @@ pub fn run(args: RunArgs, minimized: bool) -> Result<()> {
     result.map_err(|e| anyhow!("the window failed: {e}"))
 }
 
+/// Whether the IT policy locks the setting `name` (listed in `locked`, or, for
+/// `start_at_login`, set by the policy itself).
+fn is_locked(policy: Option<&Policy>, name: &str) -> bool {
+    policy.is_some_and(|p| {
+        p.locked.iter().any(|l| l == name)
+            || (name == "start_at_login" && p.start_at_login.is_some())
+    })
+}
+
 /// Where a sign-in in the window stands.
 #[derive(Debug, Clone, PartialEq)]
 enum SignIn {
@@ -280,14 +289,7 @@ impl View {
     }
 
     fn locked(&self, name: &str) -> bool {
-        self.policy
-            .as_ref()
-            .is_some_and(|p| p.locked.iter().any(|l| l == name))
-            || (name == "start_at_login"
-                && self
-                    .policy
-                    .as_ref()
-                    .is_some_and(|p| p.start_at_login.is_some()))
+        is_locked(self.policy.as_ref(), name)
     }
 
     fn license(&self) -> Summary {
@@ -859,5 +861,25 @@ impl eframe::App for View {
         self.lister_stop.store(true, Ordering::Relaxed);
         self.monitor = None;
         self.tray = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_it_policy_locks_what_it_names_and_start_at_login_when_it_sets_it() {
+        let p: Policy = toml::from_str(
+            "server_url = \"https://l.example\"\nlocked = [\"enabled\", \"input\"]\n",
+        )
+        .unwrap();
+        assert!(is_locked(Some(&p), "enabled"));
+        assert!(is_locked(Some(&p), "input"));
+        assert!(!is_locked(Some(&p), "strength_db"));
+        assert!(!is_locked(Some(&p), "start_at_login"));
+        let p: Policy = toml::from_str("start_at_login = false\n").unwrap();
+        assert!(is_locked(Some(&p), "start_at_login"));
+        assert!(!is_locked(None, "enabled"), "no policy, no locks");
     }
 }
