@@ -63,8 +63,11 @@ struct Xvfb {
 
 impl Xvfb {
     fn start() -> Xvfb {
-        for n in 0..50 {
-            let num = 140 + (std::process::id() as usize + n) % 200;
+        // Tests run in parallel threads of one process: each takes its own display number.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        for _ in 0..50 {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let num = 140 + (std::process::id() as usize * 7 + n) % 400;
             if Path::new(&format!("/tmp/.X{num}-lock")).exists() {
                 continue;
             }
@@ -85,6 +88,11 @@ impl Xvfb {
             let t = Instant::now();
             while t.elapsed() < Duration::from_secs(10) {
                 if Path::new(&sock).exists() {
+                    // Ours, not another server's that happened to be there.
+                    std::thread::sleep(Duration::from_millis(200));
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
                     return Xvfb {
                         child,
                         display: format!(":{num}"),

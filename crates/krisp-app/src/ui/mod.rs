@@ -10,7 +10,7 @@ mod tray;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
@@ -43,6 +43,9 @@ pub mod colors {
 }
 
 /// Runs the app with its window (`minimized`: tray only until opened).
+///
+/// The window exists only while it is open: closing it ends eframe's run (the GL context and
+/// its memory go) and the main thread waits for the tray or a second launch to open it again.
 pub fn run(args: RunArgs, minimized: bool) -> Result<()> {
     let path = crate::live::socket_path(args.socket.clone());
     match socket::send(&path, &Request::Show) {
@@ -63,56 +66,112 @@ pub fn run(args: RunArgs, minimized: bool) -> Result<()> {
         return crate::live::run_headless(args);
     }
     let session = Session::start(args)?;
+    // One egui context for every time the window opens: the tray and other threads wake it.
+    let ctx = egui::Context::default();
     let quit = Arc::new(AtomicBool::new(false));
-    let ctx_cell: Arc<OnceLock<egui::Context>> = Arc::new(OnceLock::new());
+    let (actions_tx, actions) = channel();
     {
-        let (q, c) = (quit.clone(), ctx_cell.clone());
+        let (q, tx, c) = (quit.clone(), actions_tx.clone(), ctx.clone());
         ctrlc::set_handler(move || {
             q.store(true, Ordering::Relaxed);
-            if let Some(ctx) = c.get() {
-                ctx.request_repaint();
-            }
+            let _ = tx.send(TrayAction::Quit);
+            c.request_repaint();
         })
         .map_err(|e| anyhow!("installing the Ctrl-C handler: {e}"))?;
     }
+    {
+        let (tx, c) = (Mutex::new(actions_tx.clone()), ctx.clone());
+        let _ = session.show_hook.set(Box::new(move || {
+            if let Ok(tx) = tx.lock() {
+                let _ = tx.send(TrayAction::Open);
+            }
+            c.request_repaint();
+        }));
+    }
+    let mut view = View::new(&session, quit.clone(), actions_tx, actions).attach(&ctx);
+    let mut open = !minimized;
+    let mut result = Ok(());
+    while !quit.load(Ordering::Relaxed) {
+        if open {
+            view.shown.store(true, Ordering::Relaxed);
+            let r = eframe::run_native_ext(
+                "Krisp",
+                native_options(),
+                Some(ctx.clone()),
+                Box::new(|_cc| Ok(Box::new(Window { view: &mut view }))),
+            );
+            view.shown.store(false, Ordering::Relaxed);
+            open = false;
+            // What the GL context and the window's buffers freed goes back to the system.
+            // SAFETY: malloc_trim has no preconditions; it only releases free heap memory.
+            unsafe { libc::malloc_trim(0) };
+            if let Err(e) = r {
+                eprintln!("krisp: the window failed: {e}");
+                if view.tray.is_none() {
+                    result = Err(anyhow!("the window failed: {e}"));
+                    break;
+                }
+            } else if view.tray.is_none() {
+                break; // no tray to come back from: closing the window quits
+            }
+            continue;
+        }
+        // Tray only: no window, no GL; wake for the tray, a second launch or once a second.
+        match view.actions.recv_timeout(Duration::from_secs(1)) {
+            Ok(TrayAction::Open) => open = true,
+            Ok(a) => view.act(&ctx, a),
+            Err(_) => {}
+        }
+        view.tick(&ctx);
+    }
+    drop(view);
+    session.stop();
+    result
+}
+
+fn native_options() -> eframe::NativeOptions {
     let icon = icons::app();
-    let options = eframe::NativeOptions {
+    eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("Krisp")
             .with_app_id("krisp")
             .with_inner_size([440.0, 640.0])
             .with_min_inner_size([380.0, 480.0])
-            .with_visible(!minimized)
             .with_icon(egui::IconData {
                 rgba: icon.pixels,
                 width: icon.width,
                 height: icon.height,
             }),
         renderer: eframe::Renderer::Glow,
+        run_and_return: true,
         ..Default::default()
-    };
-    let view = View::new(&session, quit.clone(), !minimized);
-    let hook = session.show_hook.clone();
-    let shown = view.shown.clone();
-    let result = eframe::run_native(
-        "Krisp",
-        options,
-        Box::new(move |cc| {
-            let ctx = cc.egui_ctx.clone();
-            let _ = ctx_cell.set(ctx.clone());
-            let show_ctx = ctx.clone();
-            let _ = hook.set(Box::new(move || {
-                shown.store(true, Ordering::Relaxed);
-                show_ctx.send_viewport_cmd(egui::ViewportCommand::Visible(true));
-                show_ctx.send_viewport_cmd(egui::ViewportCommand::Minimized(false));
-                show_ctx.send_viewport_cmd(egui::ViewportCommand::Focus);
-                show_ctx.request_repaint();
-            }));
-            Ok(Box::new(view.attach(&ctx)))
-        }),
-    );
-    session.stop();
-    result.map_err(|e| anyhow!("the window failed: {e}"))
+    }
+}
+
+/// One opening of the window, drawing the long-lived [`View`].
+struct Window<'a> {
+    view: &'a mut View,
+}
+
+impl eframe::App for Window<'_> {
+    fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        self.view.tick(ctx);
+        if self.view.quit.load(Ordering::Relaxed) {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+        }
+        let closing = ctx.input(|i| i.viewport().close_requested());
+        if closing && self.view.tray.is_none() && !self.view.quit.load(Ordering::Relaxed) {
+            // No tray to come back from: keep running, minimized.
+            ctx.send_viewport_cmd(egui::ViewportCommand::CancelClose);
+            ctx.send_viewport_cmd(egui::ViewportCommand::Minimized(true));
+        }
+        // Meters move at 20 frames per second.
+        ctx.request_repaint_after(Duration::from_millis(50));
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.view.draw(ui);
+    }
 }
 
 /// Whether the IT policy locks the setting `name` (listed in `locked`, or, for
@@ -166,7 +225,7 @@ struct View {
     license: Arc<Mutex<Summary>>,
     check_now: Arc<AtomicBool>,
     quit: Arc<AtomicBool>,
-    /// Whether the window is meant to be on screen (hidden in the tray otherwise).
+    /// Whether the window is open (the device list is refreshed more often then).
     shown: Arc<AtomicBool>,
     settings: Settings,
     settings_warning: Option<String>,
@@ -188,13 +247,17 @@ struct View {
     autostart: bool,
     meters: [Meter; 2],
     last_frame: Instant,
-    hide_frames: u8,
     /// Put the cursor in the sign-in field shown next (e-mail, then code).
     focus_field: bool,
 }
 
 impl View {
-    fn new(session: &Session, quit: Arc<AtomicBool>, shown: bool) -> View {
+    fn new(
+        session: &Session,
+        quit: Arc<AtomicBool>,
+        actions_tx: Sender<TrayAction>,
+        actions: Receiver<TrayAction>,
+    ) -> View {
         let (settings, settings_warning) = Settings::load();
         let (policy, policy_error) = match crate::license::policy() {
             Ok(p) => (p, None),
@@ -207,7 +270,6 @@ impl View {
         {
             autostart = want;
         }
-        let (actions_tx, actions) = channel();
         let (jobs_tx, jobs) = channel();
         let email = settings.account.clone().unwrap_or_default();
         View {
@@ -218,7 +280,7 @@ impl View {
             license: session.checker.summary.clone(),
             check_now: session.checker.check_now_flag(),
             quit,
-            shown: Arc::new(AtomicBool::new(shown)),
+            shown: Arc::new(AtomicBool::new(false)),
             settings,
             settings_warning,
             policy,
@@ -239,7 +301,6 @@ impl View {
             autostart,
             meters: [Meter { shown_db: -90.0 }, Meter { shown_db: -90.0 }],
             last_frame: Instant::now(),
-            hide_frames: 0,
             focus_field: session
                 .checker
                 .summary
@@ -250,8 +311,10 @@ impl View {
 
     /// Starts what needs the window's context: the tray and the device lister.
     fn attach(mut self, ctx: &egui::Context) -> View {
-        let wake_ctx = ctx.clone();
+        let (wake_ctx, wake_tx) = (ctx.clone(), self.actions_tx.clone());
         match Tray::new(self.control.clone(), self.actions_tx.clone(), move || {
+            // The window (if open) and the tray-only loop both look at once.
+            let _ = wake_tx.send(TrayAction::Refresh);
             wake_ctx.request_repaint()
         }) {
             Ok(t) => self.tray = Some(t),
@@ -260,11 +323,12 @@ impl View {
                 self.tray_error = Some(format!("{e:#}"));
             }
         }
-        let (inputs, stop, mic, c) = (
+        let (inputs, stop, mic, c, shown) = (
             self.inputs.clone(),
             self.lister_stop.clone(),
             self.mic.clone(),
             ctx.clone(),
+            self.shown.clone(),
         );
         let _ = std::thread::Builder::new()
             .name("krisp-devices".into())
@@ -277,11 +341,15 @@ impl View {
                             c.request_repaint();
                         }
                     }
-                    for _ in 0..20 {
+                    // Every 2 s for the open window's picker, every 10 s for the tray's menu.
+                    for k in 0..100 {
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
                         std::thread::sleep(Duration::from_millis(100));
+                        if k >= 19 && shown.load(Ordering::Relaxed) {
+                            break;
+                        }
                     }
                 }
             });
@@ -352,19 +420,26 @@ impl View {
         }
     }
 
-    /// Everything that must happen even while the window is hidden.
+    /// Carries out a tray (or second-launch) request.
+    fn act(&mut self, ctx: &egui::Context, a: TrayAction) {
+        match a {
+            // Only reached while the window is open: bring it forward.
+            TrayAction::Open => {
+                ctx.send_viewport_cmd(egui::ViewportCommand::Minimized(false));
+                ctx.send_viewport_cmd(egui::ViewportCommand::Focus);
+            }
+            TrayAction::Quit => self.quit.store(true, Ordering::Relaxed),
+            TrayAction::Refresh => {}
+            TrayAction::StartAtLogin(on) => self.set_autostart(on),
+            TrayAction::Input(name) => self.switch_input(name),
+        }
+    }
+
+    /// Everything that happens with the window open or not: requests, finished jobs, the
+    /// tray kept in step.
     fn tick(&mut self, ctx: &egui::Context) {
         while let Ok(a) = self.actions.try_recv() {
-            match a {
-                TrayAction::Open => {
-                    self.shown.store(true, Ordering::Relaxed);
-                    ctx.send_viewport_cmd(egui::ViewportCommand::Visible(true));
-                    ctx.send_viewport_cmd(egui::ViewportCommand::Focus);
-                }
-                TrayAction::Quit => self.quit.store(true, Ordering::Relaxed),
-                TrayAction::StartAtLogin(on) => self.set_autostart(on),
-                TrayAction::Input(name) => self.switch_input(name),
-            }
+            self.act(ctx, a);
         }
         while let Ok(job) = self.jobs.try_recv() {
             match job {
@@ -400,20 +475,6 @@ impl View {
                     self.sign_in = SignIn::Email;
                     self.check_now.store(true, Ordering::Relaxed);
                 }
-            }
-        }
-        if self.quit.load(Ordering::Relaxed) {
-            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
-        }
-        let closing = ctx.input(|i| i.viewport().close_requested());
-        if closing && !self.quit.load(Ordering::Relaxed) {
-            // The window closes; Krisp Microphone stays, in the tray.
-            ctx.send_viewport_cmd(egui::ViewportCommand::CancelClose);
-            if self.tray.is_some() {
-                self.shown.store(false, Ordering::Relaxed);
-                ctx.send_viewport_cmd(egui::ViewportCommand::Visible(false));
-            } else {
-                ctx.send_viewport_cmd(egui::ViewportCommand::Minimized(true));
             }
         }
         let (health, _) = self.status.get();
@@ -835,29 +896,8 @@ impl View {
     }
 }
 
-impl eframe::App for View {
-    fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
-        self.tick(ctx);
-        let visible = self.shown.load(Ordering::Relaxed);
-        // eframe shows the window after its first frame; `--minimized` hides it again.
-        if !visible && self.hide_frames < 3 {
-            self.hide_frames += 1;
-            ctx.send_viewport_cmd(egui::ViewportCommand::Visible(false));
-        }
-        // Meters move at 20 frames per second while shown; hidden, only the tray is kept in
-        // step, once a second.
-        ctx.request_repaint_after(if visible {
-            Duration::from_millis(50)
-        } else {
-            Duration::from_secs(1)
-        });
-    }
-
-    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
-        self.draw(ui);
-    }
-
-    fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
+impl Drop for View {
+    fn drop(&mut self) {
         self.lister_stop.store(true, Ordering::Relaxed);
         self.monitor = None;
         self.tray = None;

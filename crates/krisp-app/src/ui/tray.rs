@@ -22,6 +22,8 @@ use super::icons::{self, Look};
 pub enum TrayAction {
     Open,
     Quit,
+    /// Something changed (a click): bring the icon and menu up to date now.
+    Refresh,
     StartAtLogin(bool),
     Input(Option<String>),
 }
