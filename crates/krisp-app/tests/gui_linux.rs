@@ -626,6 +626,55 @@ fn the_window_and_the_tray_drive_the_microphone() {
         "the banner stayed after the mic came back"
     );
 
+    // "Start at login" from the tray writes the user's autostart entry; again removes it.
+    let entry = server.runtime_dir().join("xdg/autostart/krisp.desktop");
+    let autostart = |gui: &Gui| {
+        let id = gui
+            .menu(&tray)
+            .into_iter()
+            .find(|(_, l)| l == "Start at login")
+            .unwrap()
+            .0;
+        gui.click_menu(&tray, id);
+    };
+    autostart(&gui);
+    let t = Instant::now();
+    while !entry.exists() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&entry).expect("no autostart entry was written");
+    assert!(text.contains("run --minimized"), "{text}");
+    autostart(&gui);
+    let t = Instant::now();
+    while entry.exists() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !entry.exists(),
+        "switching start at login off left the entry"
+    );
+
+    // Microphone ▸ System default: the choice reaches the engine and is remembered.
+    let default = gui
+        .menu(&tray)
+        .into_iter()
+        .find(|(_, l)| l == "System default")
+        .unwrap()
+        .0;
+    gui.click_menu(&tray, default);
+    let st = wait_status(&server, &krisp, Duration::from_secs(5), |s| {
+        s["input"].is_null()
+    });
+    assert!(
+        st["input"].is_null(),
+        "the tray's microphone choice did not apply: {st}"
+    );
+    let settings = std::fs::read_to_string(krisp.config.join("settings.toml")).unwrap_or_default();
+    assert!(
+        !settings.contains("fake_mic"),
+        "the choice was not remembered: {settings}"
+    );
+
     // Quit from the tray removes Krisp Microphone and exits cleanly.
     // (The Microphone submenu was rebuilt meanwhile, so the menu's ids are read again.)
     let quit = gui
