@@ -1,0 +1,249 @@
+//! The app's end of the ring as the product runs it: a [`RingWriter`] behind a small
+//! resampler whose ratio the [`DriftController`] steers, so the ring's fill stays at its target
+//! although the microphone's clock (which paces the app) and the device's clock (which paces
+//! the driver) differ by a few hundred ppm. `drivers/PROTOCOL.md`, "Clock drift".
+//!
+//! Realtime rules as for the writer: [`RingFeed::push`] and [`RingFeed::heartbeat`] do not
+//! allocate, lock, log or make system calls (rubato's `process_into_buffer` with buffers
+//! made in [`RingFeed::new`] does not allocate).
+
+use rubato::audioadapter_buffers::direct::InterleavedSlice;
+use rubato::{Adjustable, Async, FixedAsync, PolynomialDegree, Resampler};
+
+use super::{DriftController, RingMonitor, RingWriter, ShmError};
+
+/// A [`RingWriter`] fed fixed-size blocks through a drift-steered resampler.
+pub struct RingFeed {
+    writer: RingWriter,
+    drift: DriftController,
+    resampler: Async<f32>,
+    block: usize,
+    channels: usize,
+    target: u64,
+    out: Vec<f32>,
+    last_reader_beat: u64,
+    idle_blocks: u32,
+    idle_limit: u32,
+    last_resyncs: u64,
+    /// False after a (re)start of the reader until the fill first reaches the target: while the
+    /// reader prefills, a low fill is expected and says nothing about the clocks.
+    settled: bool,
+    ratio: f64,
+}
+
+impl RingFeed {
+    /// Wraps `writer`; every [`push`](Self::push) then takes exactly `block_frames` frames.
+    pub fn new(writer: RingWriter, block_frames: usize) -> Result<Self, ShmError> {
+        let h = writer.header();
+        if block_frames == 0 || block_frames >= h.capacity_frames as usize {
+            return Err(ShmError::InvalidConfig {
+                what: "feed block must be 1 frame to less than the ring's capacity",
+            });
+        }
+        let channels = h.channels as usize;
+        let drift = DriftController::new(h.sample_rate, h.target_fill_frames);
+        // Septic polynomial interpolation: the ratio stays within 1 ± 0.001, where this is
+        // transparent for speech at a fraction of a sinc resampler's cost.
+        let resampler = Async::<f32>::new_poly(
+            1.0,
+            1.0 + 2.0 * drift.max_deviation(),
+            PolynomialDegree::Septic,
+            block_frames,
+            channels,
+            FixedAsync::Input,
+        )
+        .map_err(|_| ShmError::InvalidConfig {
+            what: "the resampler refused the block size",
+        })?;
+        let out = vec![0.0; resampler.output_frames_max() * channels];
+        // The reader counts as gone when its clock has not moved for ~250 ms.
+        let idle_limit = (h.sample_rate as usize / 4 / block_frames).max(2) as u32;
+        let last_resyncs = writer.reader_counters().2;
+        Ok(Self {
+            last_reader_beat: writer.reader_heartbeat(),
+            writer,
+            drift,
+            resampler,
+            block: block_frames,
+            channels,
+            target: u64::from(h.target_fill_frames),
+            out,
+            idle_blocks: idle_limit + 1,
+            idle_limit,
+            last_resyncs,
+            settled: false,
+            ratio: 1.0,
+        })
+    }
+
+    /// Resamples one block of exactly `block_frames` interleaved frames by the steered ratio,
+    /// writes it (dropping and counting what does not fit) and publishes the clock anchor
+    /// "the last frame written was captured at `host_ns`" (writer's monotonic clock). Returns
+    /// the frames accepted into the ring; a block of the wrong size is refused (0).
+    /// Realtime-safe.
+    pub fn push(&mut self, block: &[f32], host_ns: u64) -> usize {
+        if block.len() != self.block * self.channels {
+            self.writer.heartbeat();
+            return 0;
+        }
+        self.ratio = self.steer();
+        // Within the bounds given at construction, so this cannot fail.
+        let _ = self.resampler.set_resample_ratio_relative(self.ratio, true);
+        let out_frames = self.out.len() / self.channels;
+        let (Ok(input), Ok(mut output)) = (
+            InterleavedSlice::new(block, self.channels, self.block),
+            InterleavedSlice::new_mut(&mut self.out, self.channels, out_frames),
+        ) else {
+            self.writer.heartbeat();
+            return 0;
+        };
+        let produced = match self.resampler.process_into_buffer(&input, &mut output, None) {
+            Ok((_, produced)) => produced,
+            Err(_) => 0,
+        };
+        let accepted = self.writer.write(&self.out[..produced * self.channels]);
+        self.writer
+            .publish_anchor(self.writer.write_index(), host_ns);
+        accepted
+    }
+
+    /// The ratio for this block: 1 while no reader plays or it is still prefilling, else the
+    /// drift controller's answer to the current fill.
+    fn steer(&mut self) -> f64 {
+        let beat = self.writer.reader_heartbeat();
+        if beat != self.last_reader_beat {
+            self.last_reader_beat = beat;
+            self.idle_blocks = 0;
+        } else {
+            self.idle_blocks = self.idle_blocks.saturating_add(1);
+        }
+        let resyncs = self.writer.reader_counters().2;
+        if resyncs != self.last_resyncs || self.idle_blocks > self.idle_limit {
+            // A reader (re)started, or none plays: the history is meaningless.
+            self.last_resyncs = resyncs;
+            self.drift.reset();
+            self.settled = false;
+            return 1.0;
+        }
+        let fill = self.writer.fill();
+        if !self.settled {
+            if fill < self.target {
+                return 1.0;
+            }
+            self.settled = true;
+        }
+        self.drift.update(fill, self.block as u32)
+    }
+
+    /// Signals "alive" without audio (no microphone at the moment). Realtime-safe.
+    pub fn heartbeat(&mut self) {
+        self.writer.heartbeat();
+    }
+
+    /// The relative resampling ratio applied to the last block (1.0 = nominal).
+    pub fn ratio(&self) -> f64 {
+        self.ratio
+    }
+
+    /// Whether a reader has played within the last ~250 ms (as of the last push).
+    pub fn reader_playing(&self) -> bool {
+        self.idle_blocks <= self.idle_limit
+    }
+
+    /// Frames queued in the ring. Realtime-safe.
+    pub fn fill(&self) -> u64 {
+        self.writer.fill()
+    }
+
+    /// Frames of delay the resampler adds.
+    pub fn delay_frames(&self) -> usize {
+        self.resampler.output_delay()
+    }
+
+    /// The ring writer.
+    pub fn writer(&self) -> &RingWriter {
+        &self.writer
+    }
+
+    /// A read-only view of the ring's counters for a control thread.
+    pub fn monitor(&self) -> RingMonitor {
+        self.writer.monitor()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::{ReaderState, RingConfig, heap_pair};
+
+    /// The app pushes 480-frame blocks on its clock, the reader reads 512-frame periods on a
+    /// clock `ppm` faster; returns (fill range over the last half, final ratio, reader stats).
+    fn run(ppm: f64, seconds: f64) -> ((u64, u64), f64, crate::shm::ReaderStats) {
+        let cfg = RingConfig::new("/feed-test");
+        let (w, mut r) = heap_pair(&cfg).unwrap();
+        let mut feed = RingFeed::new(w, 480).unwrap();
+        let block: Vec<f32> = (0..480).map(|i| (i as f32 * 0.01).sin() * 0.1).collect();
+        let mut out = vec![0.0; 512];
+        let (mut tw, mut tr) = (0.0f64, 0.0f64);
+        let (mut lo, mut hi) = (u64::MAX, 0);
+        while tw < seconds {
+            if tw <= tr {
+                feed.push(&block, (tw * 1e9) as u64);
+                tw += 480.0 / 48_000.0;
+            } else {
+                let rep = r.read(&mut out);
+                tr += 512.0 / (48_000.0 * (1.0 + ppm * 1e-6));
+                if tr > seconds / 2.0 && rep.state == ReaderState::Playing {
+                    lo = lo.min(rep.fill_before);
+                    hi = hi.max(rep.fill_before);
+                }
+            }
+        }
+        ((lo, hi), feed.ratio(), r.stats())
+    }
+
+    #[test]
+    fn steering_keeps_the_fill_near_target_against_a_fast_or_slow_device() {
+        for ppm in [-300.0, 300.0] {
+            let ((lo, hi), ratio, st) = run(ppm, 120.0);
+            assert!(lo > 256 && hi < 2048, "ppm {ppm}: fill {lo}..{hi}");
+            assert!(
+                (ratio - (1.0 + ppm * 1e-6)).abs() < 1.5e-4,
+                "ppm {ppm}: ratio {ratio}"
+            );
+            // After the start-up prefill the stream never broke.
+            assert_eq!(st.overrun_frames, 0, "ppm {ppm}: {st:?}");
+            assert_eq!(st.resyncs, 1, "ppm {ppm}: {st:?}");
+        }
+    }
+
+    #[test]
+    fn without_a_reader_the_ratio_stays_nominal_and_the_anchor_follows_the_writes() {
+        let cfg = RingConfig::new("/feed-test");
+        let (w, r) = heap_pair(&cfg).unwrap();
+        let mut feed = RingFeed::new(w, 480).unwrap();
+        let block = vec![0.1f32; 480];
+        for k in 0..200u64 {
+            feed.push(&block, 1_000 + k);
+            assert_eq!(feed.ratio(), 1.0);
+        }
+        assert!(!feed.reader_playing());
+        // The ring filled up; the rest was dropped and counted, never overwritten.
+        assert_eq!(feed.fill(), u64::from(cfg.capacity_frames));
+        assert!(feed.writer().stats().dropped_frames > 0);
+        let (frame, ns) = r.anchor().expect("anchor published");
+        assert_eq!(frame, feed.writer().write_index());
+        assert_eq!(ns, 1_199);
+        assert_eq!(feed.monitor().snapshot().fill, feed.fill());
+    }
+
+    #[test]
+    fn blocks_of_the_wrong_size_are_refused() {
+        let (w, _r) = heap_pair(&RingConfig::new("/feed-test")).unwrap();
+        let mut feed = RingFeed::new(w, 480).unwrap();
+        assert_eq!(feed.push(&[0.0; 479], 0), 0);
+        assert_eq!(feed.fill(), 0);
+        let (w, _r) = heap_pair(&RingConfig::new("/feed-test")).unwrap();
+        assert!(RingFeed::new(w, 0).is_err());
+    }
+}
