@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use krisp_engine::socket::{self, Request, Response};
-use krisp_engine::{Engine, EngineConfig, VirtualMic};
+use krisp_engine::{Engine, EngineConfig, Output, RingConfig, VirtualMic};
 
 use crate::settings::Settings;
 
@@ -21,6 +21,18 @@ pub struct RunArgs {
     pub capture_frames: Option<u32>,
     pub buffer_ms: Option<f32>,
     pub device_buffer_ms: Option<f32>,
+    pub output: OutputArg,
+    pub ring_name: Option<String>,
+}
+
+/// `krisp run --output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputArg {
+    /// The PulseAudio/PipeWire source "Krisp Microphone".
+    VirtualMic,
+    /// The shared-memory ring the macOS/Windows drivers read.
+    #[value(alias = "ring")]
+    SharedRing,
 }
 
 pub fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
@@ -61,9 +73,28 @@ pub fn run_headless(args: RunArgs) -> Result<()> {
     if let Some(ms) = args.buffer_ms {
         cfg.target_fill = (ms.clamp(0.0, 500.0) * 48.0) as usize;
     }
-    let mic = cfg.mic.clone();
+    match (args.output, args.ring_name) {
+        (OutputArg::VirtualMic, Some(_)) => bail!("--ring-name needs --output shared-ring"),
+        (OutputArg::VirtualMic, None) => {}
+        (OutputArg::SharedRing, name) => {
+            let name = name.unwrap_or_else(krisp_engine::default_ring_name);
+            cfg.output = Output::SharedRing(RingConfig::new(name));
+        }
+    }
+    let output_label = match &cfg.output {
+        Output::VirtualMic => format!(
+            "\"{}\" is running; pick it in your call app",
+            cfg.mic.description
+        ),
+        Output::SharedRing(rc) => format!("writing the shared ring {} for the driver", rc.name),
+    };
+    let goodbye = match &cfg.output {
+        Output::VirtualMic => format!("stopping; removing \"{}\"", cfg.mic.description),
+        // The segment stays: the driver's device stays present and plays silence.
+        Output::SharedRing(_) => "stopping; the shared ring stays for the driver".to_string(),
+    };
     let path = socket_path(args.socket);
-    let engine = Engine::start(cfg)?;
+    let engine = Engine::start(cfg).context("starting the audio engine")?;
     // The choice persists: the next start uses the same microphone.
     if args.input.is_some() || args.strength.is_some() || args.model.is_some() {
         settings.save().context("saving settings")?;
@@ -116,10 +147,7 @@ pub fn run_headless(args: RunArgs) -> Result<()> {
     let q = quit.clone();
     ctrlc::set_handler(move || q.store(true, Ordering::Relaxed))
         .context("installing the Ctrl-C handler")?;
-    eprintln!(
-        "krisp: \"{}\" is running; pick it in your call app. Ctrl-C to stop.",
-        mic.description
-    );
+    eprintln!("krisp: {output_label}. Ctrl-C to stop.");
     let mut last = String::new();
     while !quit.load(Ordering::Relaxed) {
         let s = engine.status();
@@ -130,7 +158,7 @@ pub fn run_headless(args: RunArgs) -> Result<()> {
         *status.lock().expect("invariant: not poisoned") = s;
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("krisp: stopping; removing \"{}\"", mic.description);
+    eprintln!("krisp: {goodbye}");
     drop(server);
     drop(checker);
     engine.stop();
@@ -195,6 +223,26 @@ fn print_status(r: &Response) {
     );
     println!("strength:      {} dB", r.strength_db);
     println!("audio path:    {}", r.status);
+    match &s.ring {
+        Some(ring) => println!(
+            "output:        shared ring {} (fill {} frames, target {}; reader {}; drift {:+} ppm; \
+             reader underrun {} / overrun {} frames, {} resyncs; {} frames dropped with no reader)",
+            ring.name,
+            ring.fill_frames,
+            ring.target_fill_frames,
+            if ring.reader_playing {
+                "playing"
+            } else {
+                "absent"
+            },
+            ring.drift_ppm,
+            ring.reader_underrun_frames,
+            ring.reader_overrun_frames,
+            ring.reader_resyncs,
+            ring.writer_dropped_frames
+        ),
+        None => println!("output:        virtual microphone (PulseAudio/PipeWire source)"),
+    }
     println!(
         "input:         {}",
         r.input.as_deref().unwrap_or("system default")

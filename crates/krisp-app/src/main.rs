@@ -79,6 +79,15 @@ enum Command {
         /// Control socket path (default: $XDG_RUNTIME_DIR/krisp/control.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// Where the denoised voice goes: `virtual-mic`, the "Krisp Microphone" source of
+        /// PulseAudio/PipeWire (default), or `shared-ring`, the shared-memory ring that the
+        /// macOS/Windows drivers read (drivers/PROTOCOL.md; on Linux for tests and tools).
+        #[arg(long, value_enum, default_value_t = live::OutputArg::VirtualMic)]
+        output: live::OutputArg,
+        /// Shared-memory name of the ring with `--output shared-ring`
+        /// (default: /krisp-mic-<uid>).
+        #[arg(long)]
+        ring_name: Option<String>,
     },
     /// List input devices (marks the default and Krisp's own virtual microphone).
     Devices {
@@ -152,6 +161,8 @@ fn main() -> ExitCode {
             buffer_ms,
             device_buffer_ms,
             socket,
+            output,
+            ring_name,
         } => {
             if !headless {
                 eprintln!("krisp: the window is not built yet; running headless");
@@ -166,6 +177,8 @@ fn main() -> ExitCode {
                 capture_frames,
                 buffer_ms,
                 device_buffer_ms,
+                output,
+                ring_name,
             })
         }
         Command::Devices { json } => live::devices(json),

@@ -176,9 +176,11 @@ impl Engine {
             Output::VirtualMic => None,
             Output::SharedRing(rc) => {
                 if rc.sample_rate != MIC_RATE || rc.channels != 1 {
-                    return Err(EngineError::Ring(krisp_vdev::shm::ShmError::InvalidConfig {
-                        what: "the engine writes 48 kHz mono",
-                    }));
+                    return Err(EngineError::Ring(
+                        krisp_vdev::shm::ShmError::InvalidConfig {
+                            what: "the engine writes 48 kHz mono",
+                        },
+                    ));
                 }
                 Some(RingWriter::create(rc)?)
             }
@@ -469,7 +471,6 @@ impl Supervisor {
     }
 
     fn step_input(&mut self) -> Result<(), EngineError> {
-
         // Input: (re)open when missing, failed, or the user chose another device.
         let changed = self.control.input_changed.swap(false, Ordering::Relaxed);
         let failed = self

@@ -47,7 +47,7 @@ pub enum EngineError {
     #[error(transparent)]
     Dsp(#[from] krisp_dsp::Error),
     /// The shared-memory ring could not be created or configured.
-    #[error("shared ring: {0}")]
+    #[error(transparent)]
     Ring(#[from] krisp_vdev::shm::ShmError),
     /// A thread could not be started.
     #[error("cannot start the control thread: {0}")]

@@ -101,9 +101,10 @@ impl CaptureSide {
                 // the drop in the ring's header, where the driver looks for it.
                 feed.push(&self.outbuf, monotonic_ns());
                 self.stats.ring_fill.store(feed.fill(), Ordering::Relaxed);
-                self.stats
-                    .drift_ppm
-                    .store(((feed.ratio() - 1.0) * 1e6).round() as i64, Ordering::Relaxed);
+                self.stats.drift_ppm.store(
+                    ((feed.ratio() - 1.0) * 1e6).round() as i64,
+                    Ordering::Relaxed,
+                );
             }
         }
         self.stats
@@ -192,8 +193,7 @@ mod tests {
                 let t = i * 128 / 48_000;
                 while owed >= 512 {
                     owed -= 512;
-                    if !(3..5).contains(&t) && reader.read(&mut out).state == ReaderState::Playing
-                    {
+                    if !(3..5).contains(&t) && reader.read(&mut out).state == ReaderState::Playing {
                         played += 1;
                     }
                 }

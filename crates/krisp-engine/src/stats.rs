@@ -37,7 +37,9 @@ pub(crate) struct RingInfo {
 
 impl std::fmt::Debug for RingInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RingInfo").field("name", &self.name).finish()
+        f.debug_struct("RingInfo")
+            .field("name", &self.name)
+            .finish()
     }
 }
 

@@ -97,7 +97,10 @@ impl RingFeed {
             self.writer.heartbeat();
             return 0;
         };
-        let produced = match self.resampler.process_into_buffer(&input, &mut output, None) {
+        let produced = match self
+            .resampler
+            .process_into_buffer(&input, &mut output, None)
+        {
             Ok((_, produced)) => produced,
             Err(_) => 0,
         };
