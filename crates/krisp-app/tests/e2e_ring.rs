@@ -98,9 +98,9 @@ impl Driver {
             let now = Instant::now();
             if due > now {
                 std::thread::sleep(due - now);
-            } else {
-                late_max_ms = late_max_ms.max((now - due).as_secs_f64() * 1e3);
             }
+            let late = Instant::now().saturating_duration_since(due);
+            late_max_ms = late_max_ms.max(late.as_secs_f64() * 1e3);
             let rep = self.reader.read(&mut buf);
             let age_ms = match (rep.audio_frames, self.reader.anchor()) {
                 (1.., Some((_, host_ns))) => Some(
