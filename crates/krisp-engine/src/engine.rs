@@ -292,8 +292,6 @@ struct Supervisor {
     writer: Option<WriterHandle>,
     /// The shared ring created by `Engine::start`, until the first output start takes it.
     pending_ring: Option<RingWriter>,
-    /// The shared ring's reader clock as last seen, and when it last moved.
-    reader_beat: (u64, Option<Instant>),
     /// The realtime state (ring producer + denoiser) while no capture thread owns it.
     idle_side: Option<CaptureSide>,
     capture: Option<CaptureHandle>,
@@ -319,7 +317,6 @@ impl Supervisor {
             output_started: false,
             writer: None,
             pending_ring: None,
-            reader_beat: (0, None),
             idle_side: None,
             capture: None,
             last_check: None,
@@ -413,22 +410,11 @@ impl Supervisor {
         self.step_input()
     }
 
-    /// The shared ring: (re)start the feed if needed, and see whether a reader plays.
+    /// The shared ring: (re)start the feed if needed; keep the heartbeat going while there is
+    /// no microphone. (Whether a reader plays is judged on the realtime side.)
     fn step_shared_ring(&mut self) -> Result<(), EngineError> {
         if !self.output_started {
             self.start_output()?;
-        }
-        if let Some(info) = self.stats.ring.get() {
-            let beat = info.monitor.snapshot().reader_heartbeat;
-            if beat != self.reader_beat.0 {
-                self.reader_beat = (beat, Some(Instant::now()));
-            }
-            // Nobody reads: the realtime side skips the model and writes silence.
-            let playing = self
-                .reader_beat
-                .1
-                .is_some_and(|t| t.elapsed() < Duration::from_millis(500));
-            self.stats.listeners.store(playing, Ordering::Relaxed);
         }
         if self.capture.is_none()
             && let Some(side) = self.idle_side.as_mut()

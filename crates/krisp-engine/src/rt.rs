@@ -84,7 +84,18 @@ impl CaptureSide {
 
     fn run_chunk(&mut self) {
         let t0 = Instant::now();
-        if self.stats.listeners.load(Ordering::Relaxed) {
+        // Someone to hear it? For the shared ring the feed tells from the reader's clock, here
+        // on the realtime thread, so a driver that starts IO hears the voice within a block or
+        // two however late the control thread runs.
+        let listening = match &self.sink {
+            Sink::Queue(_) => self.stats.listeners.load(Ordering::Relaxed),
+            Sink::Ring(feed) => {
+                let playing = feed.reader_playing();
+                self.stats.listeners.store(playing, Ordering::Relaxed);
+                playing
+            }
+        };
+        if listening {
             let _ = self.denoiser.process(&self.inbuf, &mut self.outbuf);
         } else {
             // Nobody records from the virtual mic: skip the model, keep the clock going.
@@ -99,7 +110,12 @@ impl CaptureSide {
             Sink::Ring(feed) => {
                 // A full shared ring means no reader plays (or it stalled): the feed counts
                 // the drop in the ring's header, where the driver looks for it.
+                let skipped = feed.skipped_frames();
                 feed.push(&self.outbuf, monotonic_ns());
+                if feed.skipped_frames() != skipped {
+                    // Catching up after a stall with the ring at its latency bound.
+                    self.stats.overruns.fetch_add(1, Ordering::Relaxed);
+                }
                 self.stats.ring_fill.store(feed.fill(), Ordering::Relaxed);
                 self.stats.drift_ppm.store(
                     ((feed.ratio() - 1.0) * 1e6).round() as i64,

@@ -57,7 +57,7 @@ pub struct RingStatus {
     pub fill_frames: u64,
     /// Fill the writer steers to.
     pub target_fill_frames: u32,
-    /// Whether a reader (the driver) played within the last half second.
+    /// Whether a reader (the driver) played within the last ~250 ms.
     pub reader_playing: bool,
     /// The resampler's drift correction, ppm (positive: the device clock runs faster).
     pub drift_ppm: i64,

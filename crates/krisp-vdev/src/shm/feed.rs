@@ -30,6 +30,9 @@ pub struct RingFeed {
     /// The reader's index when it was last seen standing still while unsettled.
     prefill_r: Option<u64>,
     ratio: f64,
+    /// Latency bound of the ring: blocks arriving while the fill is at or above it are skipped.
+    max_fill: u64,
+    skipped_frames: u64,
 }
 
 impl RingFeed {
@@ -74,6 +77,8 @@ impl RingFeed {
             settled: false,
             prefill_r: None,
             ratio: 1.0,
+            max_fill: u64::from(h.max_fill_frames),
+            skipped_frames: 0,
         })
     }
 
@@ -81,13 +86,25 @@ impl RingFeed {
     /// writes it (dropping and counting what does not fit) and publishes the clock anchor
     /// "the last frame written was captured at `host_ns`" (writer's monotonic clock). Returns
     /// the frames accepted into the ring; a block of the wrong size is refused (0).
-    /// Realtime-safe.
+    ///
+    /// A block that arrives while a reader plays and the ring already holds `max_fill` frames
+    /// or more is skipped (counted in [`skipped_frames`](Self::skipped_frames)): the app is
+    /// catching up after a stall, and the reader would drop that much as overrun anyway.
+    /// Writing it could fill the ring, and a full ring makes the reader discard everything
+    /// queued and prefill again: a second, longer gap after the first. While no reader plays
+    /// the ring fills and drops as the protocol says, so a returning reader never plays stale
+    /// audio. Realtime-safe.
     pub fn push(&mut self, block: &[f32], host_ns: u64) -> usize {
         if block.len() != self.block * self.channels {
             self.writer.heartbeat();
             return 0;
         }
         self.ratio = self.steer();
+        if self.reader_playing() && self.writer.fill() >= self.max_fill {
+            self.skipped_frames += self.block as u64;
+            self.writer.heartbeat();
+            return 0;
+        }
         // Within the bounds given at construction, so this cannot fail.
         let _ = self.resampler.set_resample_ratio_relative(self.ratio, true);
         let out_frames = self.out.len() / self.channels;
@@ -155,8 +172,15 @@ impl RingFeed {
     }
 
     /// Whether a reader has played within the last ~250 ms (as of the last push).
+    /// Realtime-safe.
     pub fn reader_playing(&self) -> bool {
         self.idle_blocks <= self.idle_limit
+    }
+
+    /// Frames of blocks skipped because the ring was at its latency bound while a reader
+    /// played (see [`push`](Self::push)).
+    pub fn skipped_frames(&self) -> u64 {
+        self.skipped_frames
     }
 
     /// Frames queued in the ring. Realtime-safe.
@@ -256,6 +280,41 @@ mod tests {
         assert_eq!(frame, feed.writer().write_index());
         assert_eq!(ns, 1_199);
         assert_eq!(feed.monitor().snapshot().fill, feed.fill());
+    }
+
+    #[test]
+    fn a_burst_after_an_app_stall_costs_one_gap_not_a_resync() {
+        let cfg = RingConfig::new("/feed-test");
+        let (w, mut r) = heap_pair(&cfg).unwrap();
+        let mut feed = RingFeed::new(w, 480).unwrap();
+        let block = vec![0.1f32; 480];
+        let mut out = vec![0.0; 480];
+        // Steady: one block per read.
+        for _ in 0..300 {
+            feed.push(&block, 0);
+            r.read(&mut out);
+        }
+        let before = r.stats();
+        // The app stalls for 180 ms (the reader keeps playing: underrun; less than the 200 ms
+        // after which the writer would count as gone), then catches up with 18 blocks at once:
+        // 8640 frames, more than the ring's 8192.
+        for _ in 0..18 {
+            r.read(&mut out);
+        }
+        for _ in 0..18 {
+            feed.push(&block, 0);
+        }
+        for _ in 0..300 {
+            feed.push(&block, 0);
+            r.read(&mut out);
+        }
+        let after = r.stats();
+        assert_eq!(after.resyncs, before.resyncs, "{after:?}");
+        assert_eq!(feed.writer().stats().dropped_frames, 0);
+        assert!(feed.skipped_frames() > 0);
+        // The reader skipped the excess once, and played on.
+        assert!(after.overrun_frames > before.overrun_frames, "{after:?}");
+        assert_eq!(after.writer_gone_events, 0);
     }
 
     #[test]
