@@ -676,6 +676,30 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_ring_the_engine_cannot_write_is_refused_at_start() {
+        for (rc, says) in [
+            (
+                RingConfig::new("/krisp-engine-test").channels(2),
+                "48 kHz mono",
+            ),
+            (
+                RingConfig::new("/krisp-engine-test").sample_rate(44_100),
+                "48 kHz mono",
+            ),
+            (RingConfig::new("no-slash"), "invalid shared ring name"),
+            (
+                RingConfig::new("/krisp-engine-test").fill(1000, 100, 500),
+                "power of two",
+            ),
+        ] {
+            let mut cfg = EngineConfig::new(Model::builtin());
+            cfg.output = Output::SharedRing(rc);
+            let err = Engine::start(cfg).err().expect("refused");
+            assert!(err.to_string().contains(says), "{err}");
+        }
+    }
+
+    #[test]
     fn choosing_our_own_virtual_microphone_is_refused() {
         let ctl = control(Handle::new());
         for name in [
