@@ -179,7 +179,8 @@ fn locate(
 
 /// Per half-second window of `out[from..to]`, aligned on its own near `offset` (the delay
 /// may move by a period when the reader underruns or skips): SI-SDR of the output and of the
-/// noisy mix against the clean speech. Returns (median before, median gain).
+/// noisy mix against the clean speech. Returns (median before, median gain, median
+/// correlation of the windows with the noisy mix).
 fn si_sdr_gain(
     out: &[f32],
     from: usize,
@@ -187,18 +188,19 @@ fn si_sdr_gain(
     clean: &[f32],
     noisy: &[f32],
     offset: i64,
-) -> (f64, f64) {
-    let (mut befores, mut gains) = (Vec::new(), Vec::new());
+) -> (f64, f64, f64) {
+    let (mut befores, mut gains, mut corrs) = (Vec::new(), Vec::new(), Vec::new());
     let mut w = from;
     while w + 24_000 <= to {
-        let (off, _) = locate(out, w, 24_000, noisy, offset, 2_400);
+        let (off, corr) = locate(out, w, 24_000, noisy, offset, 2_400);
+        corrs.push(corr);
         let at = (w as i64 + off) as usize;
         let b = si_sdr(&clean[at..at + 24_000], &noisy[at..at + 24_000]);
         befores.push(b);
         gains.push(si_sdr(&clean[at..at + 24_000], &out[w..w + 24_000]) - b);
         w += 24_000;
     }
-    (median(befores), median(gains))
+    (median(befores), median(gains), median(corrs))
 }
 
 /// Why a take failed.
@@ -229,11 +231,13 @@ fn judge_steady(
     steal: f64,
 ) -> Result<i64, Failure> {
     let out = &take.out;
-    // Where the output sits in the played file: near "now" minus a little latency.
+    // Where the output sits in the played file: near "now" minus a little latency. (A gap
+    // inside these 3 s shifts the rest and lowers this correlation; the half-second windows
+    // below are aligned on their own and judged instead.)
     let expected = (take.started.duration_since(played_since).as_secs_f64() * RATE) as i64;
-    let (offset, corr) = locate(out, 48_000, 3 * 48_000, noisy, expected, 3 * 48_000);
+    let (offset, corr3) = locate(out, 48_000, 3 * 48_000, noisy, expected, 3 * 48_000);
     eprintln!(
-        "ring: output found at file offset {offset} (expected ~{expected}), correlation {corr:.2}"
+        "ring: output found at file offset {offset} (expected ~{expected}), correlation {corr3:.2}"
     );
 
     // The reader's view: states, fill, age.
@@ -258,12 +262,12 @@ fn judge_steady(
     let gaps = zero_runs(&out[48_000..], 48);
     let lost: usize = gaps.iter().map(|g| g.1).sum();
     let longest = gaps.iter().map(|g| g.1).max().unwrap_or(0);
-    let (before, gain) = si_sdr_gain(out, 48_000, out.len() - 24_000, clean, noisy, offset);
+    let (before, gain, corr) = si_sdr_gain(out, 48_000, out.len() - 24_000, clean, noisy, offset);
     eprintln!(
         "ring: {} reads after 1 s: {} playing, {} underrun, {} prefilling, {} other; fill median \
          {fill_med} max {fill_max} frames; age of the audio played median {age_med:.1} ms, p99 \
          {age_p99:.1}, max {age_max:.1}; {} gaps, {lost} samples lost, longest {longest}; \
-         SI-SDR {before:.2} -> {:.2} dB (gain {gain:.2}); reader late by up to {:.1} ms; CPU \
+         SI-SDR {before:.2} -> {:.2} dB (gain {gain:.2}, window correlation {corr:.2}); reader late by up to {:.1} ms; CPU \
          stolen {:.0} %; reader counters over the take: underrun {} / overrun {} / discarded {} \
          frames, {} resyncs",
         settled.len(),
@@ -291,7 +295,7 @@ fn judge_steady(
     }
     check!(
         corr > 0.5,
-        "the ring does not carry the microphone's voice (correlation {corr:.2})"
+        "the ring does not carry the microphone's voice (median correlation {corr:.2})"
     );
     check!(
         gain >= SI_SDR_MARGIN_DB,
@@ -308,14 +312,18 @@ fn judge_steady(
         gaps.len(),
         steal * 100.0
     );
-    // Fill held near the ring's target (1024) by the drift steering, never at the latency
-    // bound; the audio played is young (the app wrote it tens of ms ago).
+    // Fill and latency bounded as the protocol promises: the reader never holds more than
+    // max_fill (3072 frames, 64 ms) after its skip, the app writes 10 ms blocks, so the audio
+    // played is at most ~75 ms old. On a quiet machine the fill sits near the target (1024 +
+    // up to a block) and the age near 35-40 ms; after a stall of the app the late audio
+    // arrives in a burst, and the drift steering drains that excess only at its ±1000 ppm
+    // limit (48 frames/s), so under load the fill may sit higher for a while.
     check!(
-        (256.0..=2_048.0).contains(&fill_med),
-        "median fill {fill_med} frames, target 1024"
+        (256.0..=3_072.0).contains(&fill_med),
+        "median fill {fill_med} frames (target 1024, bound 3072)"
     );
     check!(
-        age_med <= 60.0,
+        age_med <= 75.0,
         "median age of the audio played {age_med:.1} ms"
     );
     check!(age_p99 <= 100.0, "99th percentile age {age_p99:.1} ms");
