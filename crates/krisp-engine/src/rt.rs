@@ -110,12 +110,16 @@ impl CaptureSide {
             Sink::Ring(feed) => {
                 // A full shared ring means no reader plays (or it stalled): the feed counts
                 // the drop in the ring's header, where the driver looks for it.
-                let skipped = feed.skipped_frames();
+                let (skipped, trimmed) = (feed.skipped_frames(), feed.trimmed_frames());
                 feed.push(&self.outbuf, monotonic_ns());
                 if feed.skipped_frames() != skipped {
                     // Catching up after a stall with the ring at its latency bound.
                     self.stats.overruns.fetch_add(1, Ordering::Relaxed);
                 }
+                // A quiet block left out to shed excess latency.
+                self.stats
+                    .drift_dropped
+                    .fetch_add(feed.trimmed_frames() - trimmed, Ordering::Relaxed);
                 self.stats.ring_fill.store(feed.fill(), Ordering::Relaxed);
                 self.stats.drift_ppm.store(
                     ((feed.ratio() - 1.0) * 1e6).round() as i64,

@@ -12,6 +12,9 @@ use rubato::{Adjustable, Async, FixedAsync, PolynomialDegree, Resampler};
 
 use super::{DriftController, RingMonitor, RingWriter, ShmError};
 
+/// Peak below which a block may be left out unheard to shed excess latency (-46 dBFS).
+const QUIET: f32 = 0.005;
+
 /// A [`RingWriter`] fed fixed-size blocks through a drift-steered resampler.
 pub struct RingFeed {
     writer: RingWriter,
@@ -33,6 +36,9 @@ pub struct RingFeed {
     /// Latency bound of the ring: blocks arriving while the fill is at or above it are skipped.
     max_fill: u64,
     skipped_frames: u64,
+    /// Fill to steer to, and the excess over it (two blocks) past which quiet blocks are shed.
+    target: u64,
+    trimmed_frames: u64,
 }
 
 impl RingFeed {
@@ -79,6 +85,8 @@ impl RingFeed {
             ratio: 1.0,
             max_fill: u64::from(h.max_fill_frames),
             skipped_frames: 0,
+            target: u64::from(h.target_fill_frames),
+            trimmed_frames: 0,
         })
     }
 
@@ -93,7 +101,13 @@ impl RingFeed {
     /// Writing it could fill the ring, and a full ring makes the reader discard everything
     /// queued and prefill again: a second, longer gap after the first. While no reader plays
     /// the ring fills and drops as the protocol says, so a returning reader never plays stale
-    /// audio. Realtime-safe.
+    /// audio.
+    ///
+    /// Excess latency is shed where nobody hears it: while a reader plays and the low-passed
+    /// fill stays more than two blocks above the target (late audio that arrived in a burst,
+    /// which the clock steering alone would drain at only 1000 ppm), a block whose peak is
+    /// below -46 dBFS is left out (counted in [`trimmed_frames`](Self::trimmed_frames)) and the
+    /// steering starts afresh. Audible blocks are never left out for latency. Realtime-safe.
     pub fn push(&mut self, block: &[f32], host_ns: u64) -> usize {
         if block.len() != self.block * self.channels {
             self.writer.heartbeat();
@@ -102,6 +116,17 @@ impl RingFeed {
         self.ratio = self.steer();
         if self.reader_playing() && self.writer.fill() >= self.max_fill {
             self.skipped_frames += self.block as u64;
+            self.writer.heartbeat();
+            return 0;
+        }
+        if self.settled
+            && self.reader_playing()
+            && self.drift.filtered_fill() > (self.target + 2 * self.block as u64) as f64
+            && block.iter().all(|s| s.abs() < QUIET)
+        {
+            self.trimmed_frames += self.block as u64;
+            self.drift.reset();
+            self.ratio = 1.0;
             self.writer.heartbeat();
             return 0;
         }
@@ -181,6 +206,11 @@ impl RingFeed {
     /// played (see [`push`](Self::push)).
     pub fn skipped_frames(&self) -> u64 {
         self.skipped_frames
+    }
+
+    /// Frames of quiet blocks left out to shed excess latency (see [`push`](Self::push)).
+    pub fn trimmed_frames(&self) -> u64 {
+        self.trimmed_frames
     }
 
     /// Frames queued in the ring. Realtime-safe.
@@ -315,6 +345,43 @@ mod tests {
         // The reader skipped the excess once, and played on.
         assert!(after.overrun_frames > before.overrun_frames, "{after:?}");
         assert_eq!(after.writer_gone_events, 0);
+    }
+
+    #[test]
+    fn excess_latency_is_shed_in_quiet_blocks_only() {
+        let cfg = RingConfig::new("/feed-test");
+        let (w, mut r) = heap_pair(&cfg).unwrap();
+        let mut feed = RingFeed::new(w, 480).unwrap();
+        let loud = vec![0.2f32; 480];
+        let quiet = vec![0.001f32; 480];
+        let mut out = vec![0.0; 480];
+        let mut fill = 0;
+        for _ in 0..300 {
+            feed.push(&loud, 0);
+            fill = r.read(&mut out).fill_before;
+        }
+        assert!(fill < 2_000, "settled at {fill}");
+        // Late audio arrives in a burst: 3 extra blocks, below the latency bound.
+        for _ in 0..3 {
+            feed.push(&loud, 0);
+        }
+        // Loud audio: nothing is left out, the fill stays up (the steering drains it slowly).
+        for _ in 0..200 {
+            feed.push(&loud, 0);
+            fill = r.read(&mut out).fill_before;
+        }
+        assert_eq!(feed.trimmed_frames(), 0);
+        assert!(fill > 2_200, "fill {fill}");
+        // A pause: quiet blocks are left out until the excess is gone.
+        for _ in 0..100 {
+            feed.push(&quiet, 0);
+            fill = r.read(&mut out).fill_before;
+        }
+        assert!(feed.trimmed_frames() >= 480, "{}", feed.trimmed_frames());
+        assert!(fill <= 1024 + 2 * 480 + 480, "fill {fill}");
+        let st = r.stats();
+        assert_eq!((st.resyncs, st.overrun_frames), (1, 0), "{st:?}");
+        assert_eq!(st.underrun_frames, 0, "{st:?}");
     }
 
     #[test]
