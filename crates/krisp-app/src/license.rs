@@ -199,19 +199,45 @@ fn prompt(input: &mut impl BufRead, what: &str) -> Result<String> {
 
 /// `krisp login`: e-mail → code → sign-in → activate this device → license.
 pub fn login(email: Option<String>) -> Result<()> {
-    let lic = Licensing::open()?;
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let email = match email {
         Some(e) => e,
         None => prompt(&mut input, "E-mail address")?,
     };
-    let rt = runtime()?;
-    rt.block_on(lic.client.request_code(&email))
-        .with_context(|| format!("asking {} for a sign-in code", lic.server))?;
+    request_code(&email)?;
     eprintln!("krisp: a 6-digit code was sent to {email}.");
     let code = prompt(&mut input, "Code")?;
-    rt.block_on(lic.client.sign_in(&email, &code))
+    let done = sign_in(&email, &code)?;
+    eprintln!(
+        "krisp: signed in as {email}; this computer is \"{}\". Secrets are kept in {}.",
+        done.device_name, done.secrets
+    );
+    println!("{}", done.message);
+    Ok(())
+}
+
+/// Asks the license server to e-mail a one-time sign-in code (the window's first step).
+pub fn request_code(email: &str) -> Result<()> {
+    let lic = Licensing::open()?;
+    runtime()?
+        .block_on(lic.client.request_code(email))
+        .with_context(|| format!("asking {} for a sign-in code", lic.server))
+}
+
+/// What a completed sign-in reports.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    pub device_name: String,
+    pub secrets: String,
+    pub message: String,
+}
+
+/// Signs in with the mailed code, activates this computer and fetches its license.
+pub fn sign_in(email: &str, code: &str) -> Result<SignedIn> {
+    let lic = Licensing::open()?;
+    let rt = runtime()?;
+    rt.block_on(lic.client.sign_in(email, code))
         .context("signing in")?;
     let device = rt
         .block_on(lic.client.activate(&host_name(), std::env::consts::OS))
@@ -220,19 +246,24 @@ pub fn login(email: Option<String>) -> Result<()> {
         .block_on(lic.client.check())
         .context("fetching the license")?;
     let (mut settings, _) = Settings::load();
-    settings.account = Some(email.clone());
+    settings.account = Some(email.to_owned());
     settings.save().context("saving settings")?;
-    eprintln!(
-        "krisp: signed in as {email}; this computer is \"{}\". Secrets are kept in {}.",
-        device.name,
-        lic.client.backend()
-    );
-    println!("{}", state.message());
-    Ok(())
+    Ok(SignedIn {
+        device_name: device.name,
+        secrets: lic.client.backend().to_string(),
+        message: state.message(),
+    })
 }
 
 /// `krisp logout`: frees this device's seat on the server and forgets every local secret.
 pub fn logout() -> Result<()> {
+    sign_out()?;
+    println!("Signed out: this computer's seat is free and its license secrets are removed.");
+    Ok(())
+}
+
+/// Frees the seat and removes the secrets; with the server unreachable nothing is removed.
+pub fn sign_out() -> Result<()> {
     let lic = Licensing::open()?;
     runtime()?
         .block_on(lic.client.logout())
@@ -240,7 +271,6 @@ pub fn logout() -> Result<()> {
     let (mut settings, _) = Settings::load();
     settings.account = None;
     settings.save().context("saving settings")?;
-    println!("Signed out: this computer's seat is free and its license secrets are removed.");
     Ok(())
 }
 
@@ -344,7 +374,8 @@ fn state_name(s: &LicenseState) -> &'static str {
 /// after failures), enrols silently from the IT policy when the machine has no device yet,
 /// and re-evaluates offline every 30 s so the grace period ends on time.
 pub struct Checker {
-    pub summary: Arc<Mutex<Vec<String>>>,
+    pub summary: Arc<Mutex<Summary>>,
+    check_now: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -356,23 +387,30 @@ impl Checker {
         let state = lic.client.state()?;
         gate(state.allows_noise_removal());
         let (settings, _) = Settings::load();
-        let summary = Arc::new(Mutex::new(
-            Summary::new(&lic, &state, &settings, None).lines(),
-        ));
+        let summary = Arc::new(Mutex::new(Summary::new(&lic, &state, &settings, None)));
         if !state.allows_noise_removal() {
             eprintln!("krisp: {}", state.message());
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let (sum, st) = (summary.clone(), stop.clone());
+        let check_now = Arc::new(AtomicBool::new(false));
+        let (sum, st, now) = (summary.clone(), stop.clone(), check_now.clone());
         let thread = std::thread::Builder::new()
             .name("krisp-license".into())
-            .spawn(move || check_loop(lic, gate, sum, st, state))
+            .spawn(move || check_loop(lic, gate, sum, st, now, state))
             .context("starting the license checker")?;
         Ok(Checker {
             summary,
+            check_now,
             stop,
             thread: Some(thread),
         })
+    }
+}
+
+impl Checker {
+    /// Set it to ask the server now (after a sign-in or sign-out in the window), not when due.
+    pub fn check_now_flag(&self) -> Arc<AtomicBool> {
+        self.check_now.clone()
     }
 }
 
@@ -388,8 +426,9 @@ impl Drop for Checker {
 fn check_loop(
     lic: Licensing,
     gate: impl Fn(bool),
-    summary: Arc<Mutex<Vec<String>>>,
+    summary: Arc<Mutex<Summary>>,
     stop: Arc<AtomicBool>,
+    check_now: Arc<AtomicBool>,
     mut last_state: LicenseState,
 ) {
     let Ok(rt) = runtime() else {
@@ -405,6 +444,9 @@ fn check_loop(
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
         let now = Instant::now();
+        if check_now.swap(false, Ordering::Relaxed) {
+            next_online = Some(now);
+        }
         let online_due = next_online.is_some_and(|t| now >= t);
         if !online_due && now < next_local {
             continue;
@@ -467,7 +509,7 @@ fn check_loop(
         gate(state.allows_noise_removal());
         let (settings, _) = Settings::load();
         if let Ok(mut s) = summary.lock() {
-            *s = Summary::new(&lic, &state, &settings, last_check.clone()).lines();
+            *s = Summary::new(&lic, &state, &settings, last_check.clone());
         }
         last_state = state;
     }

@@ -1,13 +1,15 @@
 //! `krisp run`, `krisp devices`, `krisp on|off|status`: the live microphone from the CLI.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use krisp_engine::socket::{self, Request, Response};
-use krisp_engine::{Engine, EngineConfig, Output, RingConfig, VirtualMic};
+use krisp_engine::{
+    Control, Engine, EngineConfig, Output, RingConfig, Stats, StatusHandle, VirtualMic,
+};
 
 use crate::settings::Settings;
 
@@ -41,127 +43,182 @@ pub fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(socket::default_path)
 }
 
-pub fn run_headless(args: RunArgs) -> Result<()> {
-    let (mut settings, warning) = Settings::load();
-    if let Some(w) = warning {
-        eprintln!("krisp: warning: {w}");
-    }
-    if args.input.is_some() {
-        settings.input = args.input.clone();
-    }
-    if let Some(s) = args.strength {
-        settings.strength_db = s;
-    }
-    if let Some(m) = &args.model {
-        settings.model = m.clone();
-    }
-    if args.off {
-        settings.enabled = false;
-    }
-    let manifest = crate::denoise::find_manifest(args.models_dir.as_deref())?;
-    let model = manifest.load_model(&settings.model)?;
-    let mut cfg = EngineConfig::new(model);
-    cfg.input = settings.input.clone();
-    cfg.enabled = settings.enabled;
-    cfg.strength_db = settings.strength_db;
-    if let Some(n) = args.capture_frames {
-        cfg.capture_frames = n;
-    }
-    if let Some(ms) = args.device_buffer_ms {
-        cfg.device_buffer_frames = (ms.clamp(5.0, 500.0) * 48.0) as usize;
-    }
-    if let Some(ms) = args.buffer_ms {
-        cfg.target_fill = (ms.clamp(0.0, 500.0) * 48.0) as usize;
-    }
-    match (args.output, args.ring_name) {
-        (OutputArg::VirtualMic, Some(_)) => bail!("--ring-name needs --output shared-ring"),
-        (OutputArg::VirtualMic, None) => {}
-        (OutputArg::SharedRing, name) => {
-            let name = name.unwrap_or_else(krisp_engine::default_ring_name);
-            cfg.output = Output::SharedRing(RingConfig::new(name));
+/// What the control socket calls when a second launch asks to see the window.
+pub type ShowHook = Arc<OnceLock<Box<dyn Fn() + Send + Sync>>>;
+
+/// A running live microphone: the engine, the license checker gating it and the control
+/// socket. The headless loop and the window both drive one of these.
+pub struct Session {
+    pub engine: Engine,
+    pub control: Control,
+    pub stats: Stats,
+    pub status: StatusHandle,
+    pub mic: VirtualMic,
+    /// The shared ring's name when that is the output (`--output shared-ring`).
+    pub ring: Option<String>,
+    pub checker: crate::license::Checker,
+    /// Set by the window once it exists; `krisp` launched again calls it.
+    pub show_hook: ShowHook,
+    server: socket::Server,
+}
+
+impl Session {
+    /// Starts everything; the settings are updated with the explicit choices in `args`.
+    pub fn start(args: RunArgs) -> Result<Session> {
+        let (mut settings, warning) = Settings::load();
+        if let Some(w) = warning {
+            eprintln!("krisp: warning: {w}");
         }
-    }
-    let output_label = match &cfg.output {
-        Output::VirtualMic => format!(
-            "\"{}\" is running; pick it in your call app",
-            cfg.mic.description
-        ),
-        Output::SharedRing(rc) => format!("writing the shared ring {} for the driver", rc.name),
-    };
-    let goodbye = match &cfg.output {
-        Output::VirtualMic => format!("stopping; removing \"{}\"", cfg.mic.description),
-        // The segment stays: the driver's device stays present and plays silence.
-        Output::SharedRing(_) => "stopping; the shared ring stays for the driver".to_string(),
-    };
-    let path = socket_path(args.socket);
-    let engine = Engine::start(cfg).context("starting the audio engine")?;
-    // The choice persists: the next start uses the same microphone.
-    if args.input.is_some() || args.strength.is_some() || args.model.is_some() {
-        settings.save().context("saving settings")?;
-    }
-    let control = engine.control();
-    // Denoise only while the license allows it; otherwise Krisp Microphone passes through.
-    let gate = control.clone();
-    let checker = crate::license::Checker::start(move |ok| gate.set_licensed(ok))
-        .context("checking the license")?;
-    let license_lines = checker.summary.clone();
-    let stats = engine.stats();
-    let status = Arc::new(std::sync::Mutex::new(String::new()));
-    let status_for_socket = status.clone();
-    let server = socket::Server::start(&path, move |req| {
-        let mut error = None;
-        match req {
-            Request::On => control.set_enabled(true),
-            Request::Off => control.set_enabled(false),
-            Request::Strength { db } => control.set_strength_db(db),
-            Request::Input { name } => match control.set_input(name.clone()) {
-                Ok(()) => {
-                    let (mut s, _) = Settings::load();
-                    s.input = name;
-                    if let Err(e) = s.save() {
-                        error = Some(format!("switched, but could not save the choice: {e}"));
+        if args.input.is_some() {
+            settings.input = args.input.clone();
+        }
+        if let Some(s) = args.strength {
+            settings.strength_db = s;
+        }
+        if let Some(m) = &args.model {
+            settings.model = m.clone();
+        }
+        if args.off {
+            settings.enabled = false;
+        }
+        let manifest = crate::denoise::find_manifest(args.models_dir.as_deref())?;
+        let model = manifest.load_model(&settings.model)?;
+        let mut cfg = EngineConfig::new(model);
+        cfg.input = settings.input.clone();
+        cfg.enabled = settings.enabled;
+        cfg.strength_db = settings.strength_db;
+        if let Some(n) = args.capture_frames {
+            cfg.capture_frames = n;
+        }
+        if let Some(ms) = args.device_buffer_ms {
+            cfg.device_buffer_frames = (ms.clamp(5.0, 500.0) * 48.0) as usize;
+        }
+        if let Some(ms) = args.buffer_ms {
+            cfg.target_fill = (ms.clamp(0.0, 500.0) * 48.0) as usize;
+        }
+        let ring = match (args.output, args.ring_name) {
+            (OutputArg::VirtualMic, Some(_)) => bail!("--ring-name needs --output shared-ring"),
+            (OutputArg::VirtualMic, None) => None,
+            (OutputArg::SharedRing, name) => {
+                let name = name.unwrap_or_else(krisp_engine::default_ring_name);
+                cfg.output = Output::SharedRing(RingConfig::new(name.clone()));
+                Some(name)
+            }
+        };
+        let mic = cfg.mic.clone();
+        let path = socket_path(args.socket);
+        let engine = Engine::start(cfg).context("starting the audio engine")?;
+        // The choice persists: the next start uses the same microphone.
+        if args.input.is_some() || args.strength.is_some() || args.model.is_some() {
+            settings.save().context("saving settings")?;
+        }
+        let control = engine.control();
+        // Denoise only while the license allows it; otherwise Krisp Microphone passes through.
+        let gate = control.clone();
+        let checker = crate::license::Checker::start(move |ok| gate.set_licensed(ok))
+            .context("checking the license")?;
+        let license = checker.summary.clone();
+        let stats = engine.stats();
+        let status = engine.status_handle();
+        let show_hook: ShowHook = Arc::new(OnceLock::new());
+        let (control2, stats2, status2, hook2) = (
+            control.clone(),
+            stats.clone(),
+            status.clone(),
+            show_hook.clone(),
+        );
+        let server = socket::Server::start(&path, move |req| {
+            let mut error = None;
+            match req {
+                Request::On => control2.set_enabled(true),
+                Request::Off => control2.set_enabled(false),
+                Request::Strength { db } => control2.set_strength_db(db),
+                Request::Input { name } => {
+                    if let Err(e) = switch_input(&control2, name) {
+                        error = Some(e.to_string());
                     }
                 }
-                Err(e) => error = Some(e.to_string()),
-            },
-            Request::Status => {}
-        }
-        Response {
-            ok: error.is_none(),
-            error,
-            enabled: control.enabled(),
-            denoising: control.denoising(),
-            strength_db: control.strength_db(),
-            status: status_for_socket
-                .lock()
-                .map(|s| s.clone())
-                .unwrap_or_default(),
-            input: control.input(),
-            stats: stats.snapshot(),
-            extra: license_lines.lock().map(|l| l.clone()).unwrap_or_default(),
-        }
-    })
-    .with_context(|| format!("control socket {}", path.display()))?;
+                Request::Show => match hook2.get() {
+                    Some(show) => show(),
+                    None => error = Some("this krisp runs headless: it has no window".into()),
+                },
+                Request::Status => {}
+            }
+            Response {
+                ok: error.is_none(),
+                error,
+                enabled: control2.enabled(),
+                denoising: control2.denoising(),
+                strength_db: control2.strength_db(),
+                status: status2.get().1,
+                input: control2.input(),
+                stats: stats2.snapshot(),
+                extra: license.lock().map(|l| l.lines()).unwrap_or_default(),
+            }
+        })
+        .with_context(|| format!("control socket {}", path.display()))?;
+        Ok(Session {
+            engine,
+            control,
+            stats,
+            status,
+            mic,
+            ring,
+            checker,
+            show_hook,
+            server,
+        })
+    }
 
+    /// Stops in order: no more requests, no more license checks, then the audio path and
+    /// the virtual microphone.
+    pub fn stop(self) {
+        match &self.ring {
+            None => eprintln!("krisp: stopping; removing \"{}\"", self.mic.description),
+            // The segment stays: the driver's device stays present and plays silence.
+            Some(_) => eprintln!("krisp: stopping; the shared ring stays for the driver"),
+        }
+        drop(self.server);
+        drop(self.checker);
+        self.engine.stop();
+    }
+}
+
+/// Switches the input and remembers the choice.
+pub fn switch_input(control: &Control, name: Option<String>) -> Result<()> {
+    control.set_input(name.clone())?;
+    let (mut s, _) = Settings::load();
+    s.input = name;
+    s.save()
+        .context("switched, but could not save the choice")?;
+    Ok(())
+}
+
+pub fn run_headless(args: RunArgs) -> Result<()> {
+    let session = Session::start(args)?;
     let quit = Arc::new(AtomicBool::new(false));
     let q = quit.clone();
     ctrlc::set_handler(move || q.store(true, Ordering::Relaxed))
         .context("installing the Ctrl-C handler")?;
-    eprintln!("krisp: {output_label}. Ctrl-C to stop.");
+    match &session.ring {
+        None => eprintln!(
+            "krisp: \"{}\" is running; pick it in your call app. Ctrl-C to stop.",
+            session.mic.description
+        ),
+        Some(ring) => {
+            eprintln!("krisp: writing the shared ring {ring} for the driver. Ctrl-C to stop.")
+        }
+    }
     let mut last = String::new();
     while !quit.load(Ordering::Relaxed) {
-        let s = engine.status();
+        let (_, s) = session.status.get();
         if s != last {
             eprintln!("krisp: {s}");
-            last = s.clone();
+            last = s;
         }
-        *status.lock().expect("invariant: not poisoned") = s;
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("krisp: {goodbye}");
-    drop(server);
-    drop(checker);
-    engine.stop();
+    session.stop();
     Ok(())
 }
 

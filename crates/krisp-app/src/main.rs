@@ -1,9 +1,13 @@
-//! `krisp`: the noise-cancelling microphone. One binary: CLI today, window and tray later.
+//! `krisp`: the noise-cancelling microphone. One binary: the window and tray app, and the CLI
+//! for scripts and support.
 
+mod autostart;
 mod denoise;
 mod license;
 mod live;
+mod monitor;
 mod settings;
+mod ui;
 mod wav;
 
 use std::path::PathBuf;
@@ -19,8 +23,9 @@ use krisp_engine::socket::Request;
     about = "Removes background noise from your voice, on this machine"
 )]
 struct Cli {
+    /// Without a command: the app with its window and tray icon (`krisp run`).
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -44,11 +49,15 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
-    /// Run the live microphone: capture, denoise, and offer "Krisp Microphone".
+    /// Run the live microphone: capture, denoise, and offer "Krisp Microphone" (with a window
+    /// and a tray icon unless --headless).
     Run {
-        /// No window (the only mode today): run until Ctrl-C.
+        /// No window and no tray icon: run until Ctrl-C (servers, scripts, SSH sessions).
         #[arg(long)]
         headless: bool,
+        /// Start in the tray with the window closed (what "Start at login" uses).
+        #[arg(long, conflicts_with = "headless")]
+        minimized: bool,
         /// Input device (name from `krisp devices`); remembered for the next start.
         #[arg(long)]
         input: Option<String>,
@@ -134,7 +143,22 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let command = cli.command.unwrap_or(Command::Run {
+        headless: false,
+        minimized: false,
+        input: None,
+        strength: None,
+        model: None,
+        models_dir: std::env::var_os("KRISP_MODELS_DIR").map(PathBuf::from),
+        off: false,
+        capture_frames: None,
+        buffer_ms: None,
+        device_buffer_ms: None,
+        socket: None,
+        output: live::OutputArg::VirtualMic,
+        ring_name: None,
+    });
+    let result = match command {
         Command::Denoise {
             input,
             output,
@@ -152,6 +176,7 @@ fn main() -> ExitCode {
         }),
         Command::Run {
             headless,
+            minimized,
             input,
             strength,
             model,
@@ -164,10 +189,7 @@ fn main() -> ExitCode {
             output,
             ring_name,
         } => {
-            if !headless {
-                eprintln!("krisp: the window is not built yet; running headless");
-            }
-            live::run_headless(live::RunArgs {
+            let args = live::RunArgs {
                 input,
                 strength,
                 model,
@@ -179,7 +201,12 @@ fn main() -> ExitCode {
                 device_buffer_ms,
                 output,
                 ring_name,
-            })
+            };
+            if headless {
+                live::run_headless(args)
+            } else {
+                ui::run(args, minimized)
+            }
         }
         Command::Devices { json } => live::devices(json),
         Command::On { socket } => live::remote(Request::On, socket, false),

@@ -10,6 +10,7 @@ use krisp_vdev::pulse::{MIC_RATE, VirtualMic};
 use krisp_vdev::shm::{RingConfig, RingFeed, RingWriter};
 use ringbuf::HeapRb;
 use ringbuf::traits::Split;
+use serde::{Deserialize, Serialize};
 
 use crate::rt::{CHUNK, CaptureSide, Sink};
 use crate::stats::{RingInfo, Stats, StatsInner};
@@ -152,13 +153,41 @@ pub(crate) fn is_own(mic: &VirtualMic, name: &str) -> bool {
         || n.eq_ignore_ascii_case(&mic.description)
 }
 
+/// How the audio path is doing, for a window's banner and the tray icon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// The path is being built.
+    Starting,
+    /// Microphone captured, Krisp Microphone fed.
+    Running,
+    /// The audio server is down or refused us; retrying.
+    ServerDown,
+    /// The microphone is gone or cannot be opened; Krisp Microphone plays silence meanwhile.
+    MicGone,
+}
+
+/// Reads the engine's state sentence and [`Health`] from any thread.
+#[derive(Debug, Clone)]
+pub struct StatusHandle(Arc<Mutex<(Health, String)>>);
+
+impl StatusHandle {
+    /// The health and the sentence describing it.
+    pub fn get(&self) -> (Health, String) {
+        self.0
+            .lock()
+            .expect("invariant: lock never poisoned")
+            .clone()
+    }
+}
+
 /// A running engine. Dropping it (or [`Engine::stop`]) removes the virtual microphone.
 pub struct Engine {
     control: Control,
     stats: Stats,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    status: Arc<Mutex<String>>,
+    status: Arc<Mutex<(Health, String)>>,
 }
 
 impl Engine {
@@ -208,7 +237,7 @@ impl Engine {
             });
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let status = Arc::new(Mutex::new("starting".to_string()));
+        let status = Arc::new(Mutex::new((Health::Starting, "starting".to_string())));
         let mut sup = Supervisor::new(
             config,
             control.clone(),
@@ -242,10 +271,13 @@ impl Engine {
 
     /// One sentence on the state of the audio path ("running: …", "waiting for …").
     pub fn status(&self) -> String {
-        self.status
-            .lock()
-            .expect("invariant: lock never poisoned")
-            .clone()
+        self.status_handle().get().1
+    }
+
+    /// A cheap, cloneable reader of the audio path's state, for other threads (a window, the
+    /// control socket).
+    pub fn status_handle(&self) -> StatusHandle {
+        StatusHandle(self.status.clone())
     }
 
     /// Stops the audio path and removes the virtual microphone.
@@ -285,7 +317,7 @@ struct Supervisor {
     control: Control,
     stats: Arc<StatsInner>,
     stop: Arc<AtomicBool>,
-    status: Arc<Mutex<String>>,
+    status: Arc<Mutex<(Health, String)>>,
     mic_ready: bool,
     /// The audio path's output exists (PulseAudio feeder thread, or the shared ring's feed).
     output_started: bool,
@@ -305,7 +337,7 @@ impl Supervisor {
         control: Control,
         stats: Arc<StatsInner>,
         stop: Arc<AtomicBool>,
-        status: Arc<Mutex<String>>,
+        status: Arc<Mutex<(Health, String)>>,
     ) -> Self {
         Supervisor {
             cfg,
@@ -324,19 +356,19 @@ impl Supervisor {
         }
     }
 
-    fn set_status(&self, s: impl Into<String>) {
+    fn set_status(&self, health: Health, s: impl Into<String>) {
         let s = s.into();
         let mut cur = self.status.lock().expect("invariant: lock never poisoned");
-        if *cur != s {
+        if cur.1 != s {
             tracing::info!(status = %s, "engine");
-            *cur = s;
+            *cur = (health, s);
         }
     }
 
     fn run(&mut self) {
         while !self.stop.load(Ordering::Relaxed) {
             if let Err(e) = self.step() {
-                self.set_status(format!("waiting: {e}"));
+                self.set_status(Health::ServerDown, format!("waiting: {e}"));
                 self.teardown();
                 std::thread::sleep(Duration::from_millis(300));
                 continue;
@@ -421,6 +453,13 @@ impl Supervisor {
         {
             side.idle_heartbeat();
         }
+        let due = self
+            .last_check
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(1000));
+        if due {
+            self.last_check = Some(Instant::now());
+            self.check_capture_source();
+        }
         Ok(())
     }
 
@@ -452,8 +491,21 @@ impl Supervisor {
             }
             let listening = self.cfg.mic.has_listeners().unwrap_or(true);
             self.stats.listeners.store(listening, Ordering::Relaxed);
+            self.check_capture_source();
         }
         Ok(())
+    }
+
+    /// When a source goes away, the server moves its record streams to the default source
+    /// instead of ending them, and that default can be Krisp Microphone itself (a feedback
+    /// loop). The simple API cannot ask for a stream that is never moved, so the capture is
+    /// checked here and reopened by name.
+    fn check_capture_source(&self) {
+        if let Some(c) = &self.capture
+            && !krisp_vdev::pulse::source_exists(&c.name).unwrap_or(true)
+        {
+            c.failed.store(true, Ordering::Relaxed);
+        }
     }
 
     fn step_input(&mut self) -> Result<(), EngineError> {
@@ -470,10 +522,13 @@ impl Supervisor {
                 .map(|c| c.name.clone())
                 .unwrap_or_default();
             self.stop_capture();
-            self.set_status(format!(
-                "microphone '{name}' is gone; {} stays available with silence until it returns",
-                self.output_label()
-            ));
+            self.set_status(
+                Health::MicGone,
+                format!(
+                    "microphone '{name}' is gone; {} stays available with silence until it returns",
+                    self.output_label()
+                ),
+            );
         } else if changed {
             self.stop_capture();
         }
@@ -559,17 +614,20 @@ impl Supervisor {
         let name = match pick_input(&self.cfg.mic, wanted.as_deref()) {
             Ok(n) => n,
             Err(e) => {
-                self.set_status(format!(
-                    "no microphone ({e}); {} stays available with silence",
-                    self.output_label()
-                ));
+                self.set_status(
+                    Health::MicGone,
+                    format!(
+                        "no microphone ({e}); {} stays available with silence",
+                        self.output_label()
+                    ),
+                );
                 return;
             }
         };
         let pa = match crate::capture::open(&name, MIC_RATE, self.cfg.capture_frames as usize) {
             Ok(pa) => pa,
             Err(e) => {
-                self.set_status(format!("{e}; retrying"));
+                self.set_status(Health::MicGone, format!("{e}; retrying"));
                 return;
             }
         };
@@ -583,7 +641,10 @@ impl Supervisor {
         {
             Ok(thread) => {
                 self.stats.input_running.store(true, Ordering::Relaxed);
-                self.set_status(format!("running: {name} -> {}", self.output_label()));
+                self.set_status(
+                    Health::Running,
+                    format!("running: {name} -> {}", self.output_label()),
+                );
                 self.capture = Some(CaptureHandle {
                     stop,
                     failed,
@@ -591,7 +652,10 @@ impl Supervisor {
                     name,
                 });
             }
-            Err(e) => self.set_status(format!("cannot start the capture thread: {e}")),
+            Err(e) => self.set_status(
+                Health::MicGone,
+                format!("cannot start the capture thread: {e}"),
+            ),
         }
     }
 }

@@ -22,7 +22,7 @@ pub mod socket;
 mod stats;
 mod writer;
 
-pub use engine::{Control, Engine, EngineConfig, Output};
+pub use engine::{Control, Engine, EngineConfig, Health, Output, StatusHandle};
 pub use krisp_vdev::pulse::VirtualMic;
 pub use krisp_vdev::shm::{RingConfig, default_ring_name};
 pub use stats::{OUTPUT_SHARED_RING, OUTPUT_VIRTUAL_MIC, RingStatus, Stats, StatsSnapshot};

@@ -98,8 +98,14 @@ impl CaptureSide {
         if listening {
             let _ = self.denoiser.process(&self.inbuf, &mut self.outbuf);
         } else {
-            // Nobody records from the virtual mic: skip the model, keep the clock going.
+            // Nobody records from the virtual mic: skip the model, keep the clock going, and
+            // still meter the microphone (a window shows it while the user sets up).
             self.outbuf.fill(0.0);
+            let sq: f32 = self.inbuf.iter().map(|x| x * x).sum();
+            let rms = (sq / CHUNK as f32).sqrt();
+            self.stats
+                .idle_input_rms
+                .store(rms.to_bits(), Ordering::Relaxed);
         }
         match &mut self.sink {
             Sink::Queue(prod) => {

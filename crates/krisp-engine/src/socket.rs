@@ -42,6 +42,8 @@ pub enum Request {
         /// Attenuation limit.
         db: f32,
     },
+    /// Bring the running app's window to the front (a second launch asks the first).
+    Show,
     /// Switch the input device.
     Input {
         /// Device name (`None`: default).

@@ -1,6 +1,6 @@
 //! Lock-free statistics of a running engine.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use krisp_vdev::shm::RingMonitor;
@@ -26,6 +26,8 @@ pub(crate) struct StatsInner {
     pub drift_ppm: AtomicI64,
     /// Set once when the output is the shared ring.
     pub ring: OnceLock<RingInfo>,
+    /// Microphone level (f32 bits) while the model idles because nobody listens.
+    pub idle_input_rms: AtomicU32,
 }
 
 /// The shared ring the engine writes, for status.
@@ -93,7 +95,7 @@ pub struct StatsSnapshot {
     pub drift_dropped: u64,
     /// Input level (RMS, full scale 1.0).
     pub input_rms: f32,
-    /// Output level (RMS).
+    /// Output level (RMS); 0 while no program records from Krisp Microphone (the model idles).
     pub output_rms: f32,
     /// Voice-activity probability of the latest frame.
     pub vad: f32,
@@ -145,20 +147,27 @@ impl Stats {
         let fill = ring
             .as_ref()
             .map_or(i.ring_fill.load(r), |ring| ring.fill_frames);
+        let listeners = i.listeners.load(r);
+        let (input_rms, output_rms, vad) = if listeners {
+            (self.dsp.input_rms(), self.dsp.output_rms(), self.dsp.vad())
+        } else {
+            // The model is idle: its meters are stale; the microphone is metered apart.
+            (f32::from_bits(i.idle_input_rms.load(r)), 0.0, 0.0)
+        };
         StatsSnapshot {
             captured_frames: i.captured_frames.load(r),
             processed_frames: i.processed_frames.load(r),
             underruns: i.underruns.load(r),
             overruns: i.overruns.load(r),
             drift_dropped: i.drift_dropped.load(r),
-            input_rms: self.dsp.input_rms(),
-            output_rms: self.dsp.output_rms(),
-            vad: self.dsp.vad(),
+            input_rms,
+            output_rms,
+            vad,
             added_latency_ms: (fill + i.latency_samples.load(r)) as f32 / rate * 1000.0,
             cpu_load: i.cpu_load_ppm.load(r) as f32 / 1e6,
             input_running: i.input_running.load(r),
             output_running: i.output_running.load(r),
-            listeners: i.listeners.load(r),
+            listeners,
             restarts: i.restarts.load(r),
             jitter_buffer_ms: i.jitter_target.load(r) as f32 / rate * 1000.0,
             output: if ring.is_some() {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod audio_server;
+pub mod backend;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -131,6 +132,19 @@ impl Krisp {
 
     /// Starts Krisp, with a valid license or with none at all.
     pub fn start_with(server: &AudioServer, extra: &[&str], licensed: bool) -> Krisp {
+        let mut args = vec!["run", "--headless"];
+        args.extend_from_slice(extra);
+        Krisp::spawn(server, &args, licensed, &[])
+    }
+
+    /// Starts `krisp ARGS` (e.g. the window app) with the test's configuration; `env` comes
+    /// last, so it can replace the defaults (a display, a session bus).
+    pub fn spawn(
+        server: &AudioServer,
+        args: &[&str],
+        licensed: bool,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Krisp {
         let socket = server.runtime_dir().join("krisp-test.sock");
         let config = server.runtime_dir().join("krisp-config");
         let keys = provision_license(&config);
@@ -140,8 +154,7 @@ impl Krisp {
         let log = std::fs::File::create(server.runtime_dir().join("krisp.log")).unwrap();
         let child = server
             .cmd(krisp_bin())
-            .args(["run", "--headless"])
-            .args(extra)
+            .args(args)
             .env("KRISP_SOCKET", &socket)
             .env("KRISP_CONFIG_DIR", &config)
             .env("KRISP_DEV_TRUSTED_KEYS", keys)
@@ -155,6 +168,7 @@ impl Krisp {
                 "DBUS_SESSION_BUS_ADDRESS",
                 "unix:path=/nonexistent/krisp-test-no-bus",
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
