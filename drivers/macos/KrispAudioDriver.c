@@ -51,9 +51,10 @@
 #include <unistd.h>
 
 #include "krisp_ring.h"
+#include "krisp_ringd.h" /* the messages of the ring daemon (krisp_ringd.c) */
 
-#define KRISP_SERVICE_NAME "com.krisp.audio.ringd"
-#define KRISP_MSG_GET_RING 0x4B520001 /* request id; reply carries one port descriptor */
+#define KRISP_SERVICE_NAME KRISP_RINGD_SERVICE
+#define KRISP_MSG_GET_RING KRISP_RINGD_MSG_GET_RING /* reply carries one port descriptor */
 
 #ifndef KRISP_DEV_POSIX_SHM
 #define KRISP_DEV_POSIX_SHM 0
@@ -121,34 +122,32 @@ static krisp_mapping *krisp_connect_mach(void) {
     request.header.msgh_id = KRISP_MSG_GET_RING;
 
     struct {
-        mach_msg_header_t header;
-        mach_msg_body_t body;
-        mach_msg_port_descriptor_t memory; /* from mach_make_memory_entry_64 in the daemon */
-        uint64_t size;
+        krisp_ringd_reply r; /* memory: from mach_make_memory_entry_64 in the daemon */
         mach_msg_trailer_t trailer;
     } response = {0};
 
     kern_return_t kr = mach_msg(&request.header, MACH_SEND_MSG | MACH_SEND_TIMEOUT, sizeof(request), 0,
                                 MACH_PORT_NULL, 100, MACH_PORT_NULL);
     if (kr == KERN_SUCCESS)
-        kr = mach_msg(&response.header, MACH_RCV_MSG | MACH_RCV_TIMEOUT, 0, sizeof(response), reply, 500,
+        kr = mach_msg(&response.r.header, MACH_RCV_MSG | MACH_RCV_TIMEOUT, 0, sizeof(response), reply, 500,
                       MACH_PORT_NULL);
     mach_port_mod_refs(mach_task_self(), reply, MACH_PORT_RIGHT_RECEIVE, -1);
     mach_port_deallocate(mach_task_self(), service);
-    if (kr != KERN_SUCCESS || !(response.header.msgh_bits & MACH_MSGH_BITS_COMPLEX) ||
-        response.body.msgh_descriptor_count != 1 || response.size < KRISP_RING_HEADER_BYTES ||
-        response.size > (64u << 20)) {
+    if (kr != KERN_SUCCESS || !(response.r.header.msgh_bits & MACH_MSGH_BITS_COMPLEX) ||
+        response.r.body.msgh_descriptor_count != 1 || response.r.size < KRISP_RING_HEADER_BYTES ||
+        response.r.size > (64u << 20)) {
+        /* A refusal (krisp_ringd_refusal) is a simple message: the daemon logs why. */
         os_log_error(gLog, "ring daemon reply invalid (kr=%d)", kr);
         return NULL;
     }
     mach_vm_address_t addr = 0;
-    kr = mach_vm_map(mach_task_self(), &addr, response.size, 0, VM_FLAGS_ANYWHERE, response.memory.name, 0,
+    kr = mach_vm_map(mach_task_self(), &addr, response.r.size, 0, VM_FLAGS_ANYWHERE, response.r.memory.name, 0,
                      FALSE, VM_PROT_READ | VM_PROT_WRITE, VM_PROT_READ | VM_PROT_WRITE, VM_INHERIT_NONE);
-    mach_port_deallocate(mach_task_self(), response.memory.name);
+    mach_port_deallocate(mach_task_self(), response.r.memory.name);
     if (kr != KERN_SUCCESS) return NULL;
     krisp_mapping *m = calloc(1, sizeof(*m));
     m->base = (void *)(uintptr_t)addr;
-    m->len = (size_t)response.size;
+    m->len = (size_t)response.r.size;
     m->is_mach = 1;
     return m;
 }

@@ -11,11 +11,18 @@
  * PcAddAdapterDevice / PcRegisterSubdevice / PcRegisterPhysicalConnection (portcls.h).
  *
  * Ring memory: the driver owns it. At start it creates a named, pagefile-backed section
- * "\BaseNamedObjects\Global\KrispMicRing" with a DACL granting read/write to interactive users
- * and SYSTEM, maps it into system space, and leaves the header at zero (state INIT). The Krisp
- * app opens it with OpenFileMappingW(L"Global\\KrispMicRing") and becomes the writer exactly as
- * on Linux (RingWriter takes over a same-size segment in place). The size is fixed at
- * 512 + 8192 frames x 1 channel x 4 bytes, i.e. the app's default RingConfig at 48 kHz mono.
+ * "\BaseNamedObjects\KrispMicRing" (the global namespace: user mode's "Global\KrispMicRing")
+ * with a DACL granting SYSTEM and Administrators full access and interactive users map
+ * read/write (KrispRing_BuildSecurity), maps it into system space, and leaves the header at zero
+ * (state INIT). The Krisp app opens it with OpenFileMappingW(FILE_MAP_READ | FILE_MAP_WRITE,
+ * FALSE, L"Global\\KrispMicRing") and becomes the writer exactly as on Linux (RingWriter takes
+ * over a same-size segment in place). Why the driver and not the app creates it: creating a
+ * named object in the global namespace from a user session needs SeCreateGlobalPrivilege,
+ * which an unelevated app lacks, while opening an existing one is governed by its DACL only
+ * (learn.microsoft.com/windows/win32/api/memoryapi/nf-memoryapi-createfilemappingw, Remarks;
+ * .../nf-memoryapi-openfilemappingw; "Kernel Object Namespaces"). drivers/PROTOCOL.md,
+ * "Windows: the section object". The size is fixed at 512 + 8192 frames x 1 channel x 4
+ * bytes, i.e. the app's default RingConfig at 48 kHz mono.
  *
  * Timing: the capture stream runs on the performance counter. A 10 ms timer DPC computes how
  * many frames the device clock has advanced since the last DPC, reads exactly that many frames
@@ -26,7 +33,7 @@
  */
 
 extern "C" {
-#include <ntddk.h>
+#include <ntifs.h> // ntddk.h plus the Rtl ACL/SID routines used for the section's DACL
 }
 #include <portcls.h>
 #include <ksdebug.h>
@@ -54,16 +61,69 @@ struct KrispRing {
 
 static KrispRing g_Ring;
 
+// The section's security descriptor, built once in nonpaged storage that outlives the
+// ZwCreateSection call (the object manager copies it at creation).
+struct KrispRingSecurity {
+    SECURITY_DESCRIPTOR sd;
+    // SIDs and ACLs hold ULONGs: keep each buffer aligned (RtlCreateAcl requires it).
+    alignas(8) UCHAR system[SECURITY_MAX_SID_SIZE];
+    alignas(8) UCHAR admins[SECURITY_MAX_SID_SIZE];
+    alignas(8) UCHAR interactive[SECURITY_MAX_SID_SIZE];
+    alignas(8) UCHAR acl[256];
+};
+static KrispRingSecurity g_RingSecurity;
+
+// Writes a well-known SID of the NT authority (S-1-5-a[-b]) into `buf`.
+static NTSTATUS KrispRing_Sid(UCHAR *buf, ULONG rid0, ULONG rid1)
+{
+    SID_IDENTIFIER_AUTHORITY nt = SECURITY_NT_AUTHORITY;
+    UCHAR count = rid1 ? 2 : 1;
+    NTSTATUS status = RtlInitializeSid(buf, &nt, count);
+    if (!NT_SUCCESS(status)) return status;
+    *RtlSubAuthoritySid(buf, 0) = rid0;
+    if (rid1) *RtlSubAuthoritySid(buf, 1) = rid1;
+    return STATUS_SUCCESS;
+}
+
+// DACL: SYSTEM and Administrators (S-1-5-18, S-1-5-32-544) full access; Interactive users
+// (S-1-5-4: every process of a logged-on user, so the unelevated Krisp app) may query the section
+// and map it read/write, nothing else (no WRITE_DAC, no DELETE). Well-known SIDs:
+// learn.microsoft.com/windows/win32/secauthz/well-known-sids; section rights: "File Mapping
+// Security and Access Rights" (SECTION_MAP_READ/WRITE are what FILE_MAP_READ/WRITE request);
+// RtlCreateAcl / RtlAddAccessAllowedAce / RtlCreateSecurityDescriptor /
+// RtlSetDaclSecurityDescriptor: learn.microsoft.com/windows-hardware/drivers/ddi/ntifs and /wdm.
+// Trade-off: any interactive user's process may read or write the ring (hear the processed
+// voice or inject audio); on a shared machine a narrower group SID is the fix.
+static NTSTATUS KrispRing_BuildSecurity(PSECURITY_DESCRIPTOR *out)
+{
+    KrispRingSecurity *s = &g_RingSecurity;
+    NTSTATUS status = KrispRing_Sid(s->system, SECURITY_LOCAL_SYSTEM_RID, 0);
+    if (NT_SUCCESS(status))
+        status = KrispRing_Sid(s->admins, SECURITY_BUILTIN_DOMAIN_RID, DOMAIN_ALIAS_RID_ADMINS);
+    if (NT_SUCCESS(status)) status = KrispRing_Sid(s->interactive, SECURITY_INTERACTIVE_RID, 0);
+    if (!NT_SUCCESS(status)) return status;
+    PACL acl = reinterpret_cast<PACL>(s->acl);
+    status = RtlCreateAcl(acl, sizeof(s->acl), ACL_REVISION);
+    if (NT_SUCCESS(status)) status = RtlAddAccessAllowedAce(acl, ACL_REVISION, SECTION_ALL_ACCESS, s->system);
+    if (NT_SUCCESS(status)) status = RtlAddAccessAllowedAce(acl, ACL_REVISION, SECTION_ALL_ACCESS, s->admins);
+    if (NT_SUCCESS(status))
+        status = RtlAddAccessAllowedAce(acl, ACL_REVISION, SECTION_QUERY | SECTION_MAP_READ | SECTION_MAP_WRITE,
+                                        s->interactive);
+    if (NT_SUCCESS(status)) status = RtlCreateSecurityDescriptor(&s->sd, SECURITY_DESCRIPTOR_REVISION);
+    if (NT_SUCCESS(status)) status = RtlSetDaclSecurityDescriptor(&s->sd, TRUE, acl, FALSE);
+    if (NT_SUCCESS(status)) *out = &s->sd;
+    return status;
+}
+
 static NTSTATUS KrispRing_Create()
 {
-    UNICODE_STRING name = RTL_CONSTANT_STRING(L"\\BaseNamedObjects\\Global\\KrispMicRing");
-    // TODO(before first Windows build): give the section a DACL granting SYSTEM full access and
-    // interactive users (IU) SECTION_MAP_READ|SECTION_MAP_WRITE, built with RtlCreateAcl +
-    // RtlAddAccessAllowedAce + RtlSetDaclSecurityDescriptor. With the default (nullptr) security
-    // descriptor only SYSTEM and administrators can open it, so an unelevated app cannot.
-    SECURITY_DESCRIPTOR *sd = nullptr;
-    NTSTATUS status = STATUS_SUCCESS;
+    // The global namespace directly; user mode reaches it as "Global\KrispMicRing".
+    UNICODE_STRING name = RTL_CONSTANT_STRING(L"\\BaseNamedObjects\\KrispMicRing");
+    PSECURITY_DESCRIPTOR sd = nullptr;
+    NTSTATUS status = KrispRing_BuildSecurity(&sd);
+    if (!NT_SUCCESS(status)) return status;
     OBJECT_ATTRIBUTES oa;
+    // OBJ_OPENIF: a section left by a previous instance of the driver is reused (same size).
     InitializeObjectAttributes(&oa, &name, OBJ_KERNEL_HANDLE | OBJ_OPENIF, nullptr, sd);
     LARGE_INTEGER size;
     size.QuadPart = KRISP_RING_BYTES;

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use krisp_engine::socket::{self, Request, Response};
-use krisp_engine::{Control, Engine, EngineConfig, Stats, StatusHandle, VirtualMic};
+use krisp_engine::{
+    Control, Engine, EngineConfig, Output, RingConfig, Stats, StatusHandle, VirtualMic,
+};
 
 use crate::settings::Settings;
 
@@ -21,6 +23,18 @@ pub struct RunArgs {
     pub capture_frames: Option<u32>,
     pub buffer_ms: Option<f32>,
     pub device_buffer_ms: Option<f32>,
+    pub output: OutputArg,
+    pub ring_name: Option<String>,
+}
+
+/// `krisp run --output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputArg {
+    /// The PulseAudio/PipeWire source "Krisp Microphone".
+    VirtualMic,
+    /// The shared-memory ring the macOS/Windows drivers read.
+    #[value(alias = "ring")]
+    SharedRing,
 }
 
 pub fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
@@ -40,6 +54,8 @@ pub struct Session {
     pub stats: Stats,
     pub status: StatusHandle,
     pub mic: VirtualMic,
+    /// The shared ring's name when that is the output (`--output shared-ring`).
+    pub ring: Option<String>,
     pub checker: crate::license::Checker,
     /// Set by the window once it exists; `krisp` launched again calls it.
     pub show_hook: ShowHook,
@@ -80,9 +96,18 @@ impl Session {
         if let Some(ms) = args.buffer_ms {
             cfg.target_fill = (ms.clamp(0.0, 500.0) * 48.0) as usize;
         }
+        let ring = match (args.output, args.ring_name) {
+            (OutputArg::VirtualMic, Some(_)) => bail!("--ring-name needs --output shared-ring"),
+            (OutputArg::VirtualMic, None) => None,
+            (OutputArg::SharedRing, name) => {
+                let name = name.unwrap_or_else(krisp_engine::default_ring_name);
+                cfg.output = Output::SharedRing(RingConfig::new(name.clone()));
+                Some(name)
+            }
+        };
         let mic = cfg.mic.clone();
         let path = socket_path(args.socket);
-        let engine = Engine::start(cfg)?;
+        let engine = Engine::start(cfg).context("starting the audio engine")?;
         // The choice persists: the next start uses the same microphone.
         if args.input.is_some() || args.strength.is_some() || args.model.is_some() {
             settings.save().context("saving settings")?;
@@ -138,6 +163,7 @@ impl Session {
             stats,
             status,
             mic,
+            ring,
             checker,
             show_hook,
             server,
@@ -147,7 +173,11 @@ impl Session {
     /// Stops in order: no more requests, no more license checks, then the audio path and
     /// the virtual microphone.
     pub fn stop(self) {
-        eprintln!("krisp: stopping; removing \"{}\"", self.mic.description);
+        match &self.ring {
+            None => eprintln!("krisp: stopping; removing \"{}\"", self.mic.description),
+            // The segment stays: the driver's device stays present and plays silence.
+            Some(_) => eprintln!("krisp: stopping; the shared ring stays for the driver"),
+        }
         drop(self.server);
         drop(self.checker);
         self.engine.stop();
@@ -170,10 +200,15 @@ pub fn run_headless(args: RunArgs) -> Result<()> {
     let q = quit.clone();
     ctrlc::set_handler(move || q.store(true, Ordering::Relaxed))
         .context("installing the Ctrl-C handler")?;
-    eprintln!(
-        "krisp: \"{}\" is running; pick it in your call app. Ctrl-C to stop.",
-        session.mic.description
-    );
+    match &session.ring {
+        None => eprintln!(
+            "krisp: \"{}\" is running; pick it in your call app. Ctrl-C to stop.",
+            session.mic.description
+        ),
+        Some(ring) => {
+            eprintln!("krisp: writing the shared ring {ring} for the driver. Ctrl-C to stop.")
+        }
+    }
     let mut last = String::new();
     while !quit.load(Ordering::Relaxed) {
         let (_, s) = session.status.get();
@@ -245,6 +280,26 @@ fn print_status(r: &Response) {
     );
     println!("strength:      {} dB", r.strength_db);
     println!("audio path:    {}", r.status);
+    match &s.ring {
+        Some(ring) => println!(
+            "output:        shared ring {} (fill {} frames, target {}; reader {}; drift {:+} ppm; \
+             reader underrun {} / overrun {} frames, {} resyncs; {} frames dropped with no reader)",
+            ring.name,
+            ring.fill_frames,
+            ring.target_fill_frames,
+            if ring.reader_playing {
+                "playing"
+            } else {
+                "absent"
+            },
+            ring.drift_ppm,
+            ring.reader_underrun_frames,
+            ring.reader_overrun_frames,
+            ring.reader_resyncs,
+            ring.writer_dropped_frames
+        ),
+        None => println!("output:        virtual microphone (PulseAudio/PipeWire source)"),
+    }
     println!(
         "input:         {}",
         r.input.as_deref().unwrap_or("system default")

@@ -88,6 +88,15 @@ enum Command {
         /// Control socket path (default: $XDG_RUNTIME_DIR/krisp/control.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// Where the denoised voice goes: `virtual-mic`, the "Krisp Microphone" source of
+        /// PulseAudio/PipeWire (default), or `shared-ring`, the shared-memory ring that the
+        /// macOS/Windows drivers read (drivers/PROTOCOL.md; on Linux for tests and tools).
+        #[arg(long, value_enum, default_value_t = live::OutputArg::VirtualMic)]
+        output: live::OutputArg,
+        /// Shared-memory name of the ring with `--output shared-ring`
+        /// (default: /krisp-mic-<uid>).
+        #[arg(long)]
+        ring_name: Option<String>,
     },
     /// List input devices (marks the default and Krisp's own virtual microphone).
     Devices {
@@ -146,6 +155,8 @@ fn main() -> ExitCode {
         buffer_ms: None,
         device_buffer_ms: None,
         socket: None,
+        output: live::OutputArg::VirtualMic,
+        ring_name: None,
     });
     let result = match command {
         Command::Denoise {
@@ -175,6 +186,8 @@ fn main() -> ExitCode {
             buffer_ms,
             device_buffer_ms,
             socket,
+            output,
+            ring_name,
         } => {
             let args = live::RunArgs {
                 input,
@@ -186,6 +199,8 @@ fn main() -> ExitCode {
                 capture_frames,
                 buffer_ms,
                 device_buffer_ms,
+                output,
+                ring_name,
             };
             if headless {
                 live::run_headless(args)

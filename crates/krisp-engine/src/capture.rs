@@ -61,6 +61,11 @@ pub(crate) fn run(
             failed.store(true, Ordering::Relaxed);
             break;
         }
+        // A read that returns after the control thread gave up on this thread is dropped: a
+        // replacement path may be writing the same shared ring by now, which allows one writer.
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         for (s, b) in buf.iter_mut().zip(bytes.chunks_exact(4)) {
             *s = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         }

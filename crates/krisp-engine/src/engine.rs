@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use krisp_dsp::{Config as DspConfig, Denoiser, Framing, Handle, Model};
 use krisp_vdev::pulse::{MIC_RATE, VirtualMic};
+use krisp_vdev::shm::{RingConfig, RingFeed, RingWriter};
 use ringbuf::HeapRb;
 use ringbuf::traits::Split;
 use serde::{Deserialize, Serialize};
 
-use crate::rt::{CHUNK, CaptureSide};
-use crate::stats::{Stats, StatsInner};
+use crate::rt::{CHUNK, CaptureSide, Sink};
+use crate::stats::{RingInfo, Stats, StatsInner};
 use crate::{EngineError, InputInfo};
 
 /// Largest the adaptive jitter buffer grows after underruns (40 ms): beyond that the machine
@@ -25,13 +26,28 @@ const MAX_JITTER_TARGET: usize = 1_920;
 /// left none. `--device-buffer-ms` trades it back for latency on a quiet machine.
 pub const DEFAULT_DEVICE_BUFFER: usize = 1_536;
 
+/// Where the engine puts the denoised audio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// "Krisp Microphone" as a PulseAudio/PipeWire source ([`EngineConfig::mic`]): the Linux
+    /// product.
+    VirtualMic,
+    /// The shared-memory ring of `drivers/PROTOCOL.md`, written as the app side of that
+    /// protocol for a driver to read (the macOS and Windows "Krisp Microphone"; on Linux, tests
+    /// and tools). Must be 48 kHz mono, the engine's format.
+    SharedRing(RingConfig),
+}
+
 /// How the engine starts.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Input device name or id (`pactl` source name or description); `None`: system default.
     pub input: Option<String>,
-    /// The virtual microphone to create.
+    /// The virtual microphone to create (with [`Output::VirtualMic`]); with any output, the
+    /// device the engine refuses to capture.
     pub mic: VirtualMic,
+    /// Where the denoised audio goes.
+    pub output: Output,
     /// The denoising model.
     pub model: Model,
     /// Noise removal on at start.
@@ -55,6 +71,7 @@ impl EngineConfig {
         EngineConfig {
             input: None,
             mic: VirtualMic::default(),
+            output: Output::VirtualMic,
             model,
             enabled: true,
             strength_db: krisp_dsp::FULL_STRENGTH_DB,
@@ -182,6 +199,21 @@ impl Engine {
         {
             return Err(EngineError::OwnDevice(name.clone()));
         }
+        // The shared ring is created here, so a bad name or geometry is reported to the caller
+        // at once instead of being retried by the control thread.
+        let ring = match &config.output {
+            Output::VirtualMic => None,
+            Output::SharedRing(rc) => {
+                if rc.sample_rate != MIC_RATE || rc.channels != 1 {
+                    return Err(EngineError::Ring(
+                        krisp_vdev::shm::ShmError::InvalidConfig {
+                            what: "the engine writes 48 kHz mono",
+                        },
+                    ));
+                }
+                Some(RingWriter::create(rc)?)
+            }
+        };
         let dsp = Handle::new();
         dsp.set_strength_db(config.strength_db);
         let control = Control {
@@ -197,6 +229,13 @@ impl Engine {
             inner: Arc::new(StatsInner::default()),
             dsp,
         };
+        if let Some(w) = &ring {
+            let _ = stats.inner.ring.set(RingInfo {
+                name: w.name().unwrap_or_default().to_string(),
+                target_fill: w.header().target_fill_frames,
+                monitor: w.monitor(),
+            });
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(Mutex::new((Health::Starting, "starting".to_string())));
         let mut sup = Supervisor::new(
@@ -206,6 +245,7 @@ impl Engine {
             stop.clone(),
             status.clone(),
         );
+        sup.pending_ring = ring;
         let thread = std::thread::Builder::new()
             .name("krisp-control".into())
             .spawn(move || sup.run())
@@ -279,7 +319,11 @@ struct Supervisor {
     stop: Arc<AtomicBool>,
     status: Arc<Mutex<(Health, String)>>,
     mic_ready: bool,
+    /// The audio path's output exists (PulseAudio feeder thread, or the shared ring's feed).
+    output_started: bool,
     writer: Option<WriterHandle>,
+    /// The shared ring created by `Engine::start`, until the first output start takes it.
+    pending_ring: Option<RingWriter>,
     /// The realtime state (ring producer + denoiser) while no capture thread owns it.
     idle_side: Option<CaptureSide>,
     capture: Option<CaptureHandle>,
@@ -302,7 +346,9 @@ impl Supervisor {
             stop,
             status,
             mic_ready: false,
+            output_started: false,
             writer: None,
+            pending_ring: None,
             idle_side: None,
             capture: None,
             last_check: None,
@@ -329,14 +375,19 @@ impl Supervisor {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        // Remove the device first, so even a stuck stream cannot leave it behind.
-        if let Err(e) = self.cfg.mic.remove() {
+        // Remove the device first, so even a stuck stream cannot leave it behind. (A shared
+        // ring stays: the driver's device stays present and plays silence once our heartbeat
+        // is stale, as the protocol says.)
+        if self.cfg.output == Output::VirtualMic
+            && let Err(e) = self.cfg.mic.remove()
+        {
             tracing::warn!(error = %e, "could not remove the virtual microphone");
         }
         self.teardown();
     }
 
-    fn stop_writer(&mut self) {
+    fn stop_output(&mut self) {
+        self.output_started = false;
         if let Some(w) = self.writer.take() {
             // The writer notices at its next write and exits. It is not joined: a write into a
             // sink that is being unloaded can block until the server gives up on the stream,
@@ -370,12 +421,49 @@ impl Supervisor {
 
     fn teardown(&mut self) {
         self.stop_capture();
-        self.stop_writer();
+        self.stop_output();
         self.mic_ready = false;
+    }
+
+    /// What the engine feeds, for status lines.
+    fn output_label(&self) -> String {
+        match &self.cfg.output {
+            Output::VirtualMic => self.cfg.mic.description.clone(),
+            Output::SharedRing(rc) => format!("shared ring {}", rc.name),
+        }
     }
 
     /// One supervision round. An error tears the path down and retries.
     fn step(&mut self) -> Result<(), EngineError> {
+        match self.cfg.output {
+            Output::VirtualMic => self.step_virtual_mic()?,
+            Output::SharedRing(_) => self.step_shared_ring()?,
+        }
+        self.step_input()
+    }
+
+    /// The shared ring: (re)start the feed if needed; keep the heartbeat going while there is
+    /// no microphone. (Whether a reader plays is judged on the realtime side.)
+    fn step_shared_ring(&mut self) -> Result<(), EngineError> {
+        if !self.output_started {
+            self.start_output()?;
+        }
+        if self.capture.is_none()
+            && let Some(side) = self.idle_side.as_mut()
+        {
+            side.idle_heartbeat();
+        }
+        let due = self
+            .last_check
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(1000));
+        if due {
+            self.last_check = Some(Instant::now());
+            self.check_capture_source();
+        }
+        Ok(())
+    }
+
+    fn step_virtual_mic(&mut self) -> Result<(), EngineError> {
         if let Some(w) = &self.writer
             && w.failed.load(Ordering::Relaxed)
         {
@@ -390,8 +478,8 @@ impl Supervisor {
                 .map_err(|e| EngineError::Server(e.to_string()))?;
             self.mic_ready = true;
         }
-        if self.writer.is_none() {
-            self.start_writer()?;
+        if !self.output_started {
+            self.start_output()?;
         }
         let due = self
             .last_check
@@ -403,17 +491,24 @@ impl Supervisor {
             }
             let listening = self.cfg.mic.has_listeners().unwrap_or(true);
             self.stats.listeners.store(listening, Ordering::Relaxed);
-            // When a source goes away, the server moves its record streams to the default
-            // source instead of ending them, and that default can be Krisp Microphone itself
-            // (a feedback loop). The simple API cannot ask for a stream that is never moved,
-            // so the capture is checked here and reopened by name.
-            if let Some(c) = &self.capture
-                && !krisp_vdev::pulse::source_exists(&c.name).unwrap_or(true)
-            {
-                c.failed.store(true, Ordering::Relaxed);
-            }
+            self.check_capture_source();
         }
+        Ok(())
+    }
 
+    /// When a source goes away, the server moves its record streams to the default source
+    /// instead of ending them, and that default can be Krisp Microphone itself (a feedback
+    /// loop). The simple API cannot ask for a stream that is never moved, so the capture is
+    /// checked here and reopened by name.
+    fn check_capture_source(&self) {
+        if let Some(c) = &self.capture
+            && !krisp_vdev::pulse::source_exists(&c.name).unwrap_or(true)
+        {
+            c.failed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn step_input(&mut self) -> Result<(), EngineError> {
         // Input: (re)open when missing, failed, or the user chose another device.
         let changed = self.control.input_changed.swap(false, Ordering::Relaxed);
         let failed = self
@@ -431,7 +526,7 @@ impl Supervisor {
                 Health::MicGone,
                 format!(
                     "microphone '{name}' is gone; {} stays available with silence until it returns",
-                    self.cfg.mic.description
+                    self.output_label()
                 ),
             );
         } else if changed {
@@ -440,8 +535,8 @@ impl Supervisor {
         if self.capture.is_none() {
             if self.idle_side.is_none() {
                 // The realtime state was lost with an abandoned thread: new ring, new writer.
-                self.stop_writer();
-                self.start_writer()?;
+                self.stop_output();
+                self.start_output()?;
             }
             let retry = changed
                 || self
@@ -455,7 +550,37 @@ impl Supervisor {
         Ok(())
     }
 
-    fn start_writer(&mut self) -> Result<(), EngineError> {
+    fn start_output(&mut self) -> Result<(), EngineError> {
+        let (sink, output_delay) = match &self.cfg.output {
+            Output::VirtualMic => (self.start_pulse_feeder()?, self.cfg.device_buffer_frames),
+            Output::SharedRing(rc) => {
+                let writer = match self.pending_ring.take() {
+                    Some(w) => w,
+                    None => RingWriter::create(rc)?,
+                };
+                let feed = RingFeed::new(writer, CHUNK)?;
+                let delay = feed.delay_frames();
+                (Sink::Ring(Box::new(feed)), delay)
+            }
+        };
+        let mut dsp_cfg = DspConfig::new(MIC_RATE, 1);
+        dsp_cfg.framing = Framing::Chunked;
+        let denoiser = Denoiser::with_handle(&dsp_cfg, &self.cfg.model, self.control.dsp.clone())?;
+        // Model delay, half a chunk of accumulation on average, and the device's buffer (or
+        // the ring's resampler; the ring's own fill is added when status is read).
+        self.stats.latency_samples.store(
+            denoiser.latency() as u64 + CHUNK as u64 / 2 + output_delay as u64,
+            Ordering::Relaxed,
+        );
+        self.idle_side = Some(CaptureSide::new(sink, denoiser, self.stats.clone()));
+        self.stats.output_running.store(true, Ordering::Relaxed);
+        self.output_started = true;
+        Ok(())
+    }
+
+    /// Opens the virtual device's stream and starts its feeder thread; returns the realtime
+    /// side's end of the ringbuf between them.
+    fn start_pulse_feeder(&mut self) -> Result<Sink, EngineError> {
         let pa = crate::writer::open(&self.cfg.mic.sink, MIC_RATE, self.cfg.device_buffer_frames)
             .map_err(EngineError::Server)?;
         let rb = HeapRb::<f32>::new(MIC_RATE as usize / 2);
@@ -481,17 +606,7 @@ impl Supervisor {
             failed,
             thread,
         });
-        let mut dsp_cfg = DspConfig::new(MIC_RATE, 1);
-        dsp_cfg.framing = Framing::Chunked;
-        let denoiser = Denoiser::with_handle(&dsp_cfg, &self.cfg.model, self.control.dsp.clone())?;
-        // Model delay, half a chunk of accumulation on average, and the device's buffer.
-        self.stats.latency_samples.store(
-            denoiser.latency() as u64 + CHUNK as u64 / 2 + self.cfg.device_buffer_frames as u64,
-            Ordering::Relaxed,
-        );
-        self.idle_side = Some(CaptureSide::new(prod, denoiser, self.stats.clone()));
-        self.stats.output_running.store(true, Ordering::Relaxed);
-        Ok(())
+        Ok(Sink::Queue(prod))
     }
 
     fn try_open_input(&mut self) {
@@ -503,7 +618,7 @@ impl Supervisor {
                     Health::MicGone,
                     format!(
                         "no microphone ({e}); {} stays available with silence",
-                        self.cfg.mic.description
+                        self.output_label()
                     ),
                 );
                 return;
@@ -528,7 +643,7 @@ impl Supervisor {
                 self.stats.input_running.store(true, Ordering::Relaxed);
                 self.set_status(
                     Health::Running,
-                    format!("running: {name} -> {}", self.cfg.mic.description),
+                    format!("running: {name} -> {}", self.output_label()),
                 );
                 self.capture = Some(CaptureHandle {
                     stop,
@@ -622,6 +737,30 @@ mod tests {
         assert_eq!(&y[lat..], &x[..x.len() - lat], "pass-through, not silence");
         ctl.set_licensed(true);
         assert!(ctl.denoising());
+    }
+
+    #[test]
+    fn a_shared_ring_the_engine_cannot_write_is_refused_at_start() {
+        for (rc, says) in [
+            (
+                RingConfig::new("/krisp-engine-test").channels(2),
+                "48 kHz mono",
+            ),
+            (
+                RingConfig::new("/krisp-engine-test").sample_rate(44_100),
+                "48 kHz mono",
+            ),
+            (RingConfig::new("no-slash"), "invalid shared ring name"),
+            (
+                RingConfig::new("/krisp-engine-test").fill(1000, 100, 500),
+                "power of two",
+            ),
+        ] {
+            let mut cfg = EngineConfig::new(Model::builtin());
+            cfg.output = Output::SharedRing(rc);
+            let err = Engine::start(cfg).err().expect("refused");
+            assert!(err.to_string().contains(says), "{err}");
+        }
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! - [`Engine::start`] returns at once; a control thread builds the audio path and rebuilds
 //!   it when the audio server restarts, the virtual device vanishes or the microphone goes
 //!   away (the virtual mic stays alive with silence meanwhile).
+//! - [`Output`]: the denoised audio goes to the PulseAudio/PipeWire source "Krisp Microphone"
+//!   (Linux), or into the shared-memory ring the macOS/Windows drivers read
+//!   (`drivers/PROTOCOL.md`), which tests read on Linux.
 //! - [`Control`] switches noise removal (click-free), strength and input device.
 //! - [`Stats`] reads levels, voice activity, latency, xruns and CPU load without locks.
 //! - [`socket`] lets `krisp on/off/status` drive a running engine over a Unix socket that only
@@ -19,9 +22,10 @@ pub mod socket;
 mod stats;
 mod writer;
 
-pub use engine::{Control, Engine, EngineConfig, Health, StatusHandle};
+pub use engine::{Control, Engine, EngineConfig, Health, Output, StatusHandle};
 pub use krisp_vdev::pulse::VirtualMic;
-pub use stats::{Stats, StatsSnapshot};
+pub use krisp_vdev::shm::{RingConfig, default_ring_name};
+pub use stats::{OUTPUT_SHARED_RING, OUTPUT_VIRTUAL_MIC, RingStatus, Stats, StatsSnapshot};
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +46,9 @@ pub enum EngineError {
     /// The denoiser could not be built.
     #[error(transparent)]
     Dsp(#[from] krisp_dsp::Error),
+    /// The shared-memory ring could not be created or configured.
+    #[error(transparent)]
+    Ring(#[from] krisp_vdev::shm::ShmError),
     /// A thread could not be started.
     #[error("cannot start the control thread: {0}")]
     Thread(std::io::Error),

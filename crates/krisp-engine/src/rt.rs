@@ -3,18 +3,23 @@
 //! # Never here
 //! No allocation, lock, log, print or system call. The capture callback gathers 10 ms chunks
 //! in a fixed array, denoises each (krisp-dsp in `Framing::Chunked` mode, so no extra framing
-//! latency) and pushes the result into an SPSC ring (ringbuf, sized at start). Trouble is
-//! counted in atomics of [`StatsInner`]; the control thread reads and reports it.
-//! `Instant::now()` reads the monotonic clock through the vDSO, not a system call.
+//! latency) and hands the result to the output ([`Sink`]): an SPSC ring (ringbuf, sized at
+//! start) for the PulseAudio virtual microphone, or the shared-memory ring a driver reads
+//! (krisp-vdev's `RingFeed`: drift-steered resampling into preallocated buffers, atomics).
+//! Trouble is counted in atomics of [`StatsInner`]; the control thread reads and reports it.
+//! `Instant::now()` and `monotonic_ns()` read the monotonic clock through the vDSO, not a
+//! system call.
 //!
-//! The I/O thread that feeds the virtual device (`writer.rs`) is the other end of the ring; it
-//! plays the part a driver would and may block in the audio server's socket.
+//! With the PulseAudio output, the I/O thread that feeds the virtual device (`writer.rs`) is
+//! the other end of the ringbuf; it plays the part a driver would and may block in the audio
+//! server's socket. With the shared ring, the other end is the driver (or a test's reader).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use krisp_dsp::Denoiser;
+use krisp_vdev::shm::{RingFeed, monotonic_ns};
 use ringbuf::HeapProd;
 use ringbuf::traits::Producer;
 
@@ -23,9 +28,17 @@ use crate::stats::StatsInner;
 /// Samples per processing chunk (10 ms at 48 kHz).
 pub(crate) const CHUNK: usize = 480;
 
+/// Where the denoised audio goes.
+pub(crate) enum Sink {
+    /// The ringbuf the PulseAudio feeder thread drains.
+    Queue(HeapProd<f32>),
+    /// The shared-memory ring a driver reads (boxed: it carries the resampler).
+    Ring(Box<RingFeed>),
+}
+
 /// Capture callback state.
 pub(crate) struct CaptureSide {
-    pub prod: HeapProd<f32>,
+    pub sink: Sink,
     pub denoiser: Denoiser,
     pub stats: Arc<StatsInner>,
     pub inbuf: [f32; CHUNK],
@@ -34,14 +47,22 @@ pub(crate) struct CaptureSide {
 }
 
 impl CaptureSide {
-    pub fn new(prod: HeapProd<f32>, denoiser: Denoiser, stats: Arc<StatsInner>) -> Self {
+    pub fn new(sink: Sink, denoiser: Denoiser, stats: Arc<StatsInner>) -> Self {
         CaptureSide {
-            prod,
+            sink,
             denoiser,
             stats,
             inbuf: [0.0; CHUNK],
             outbuf: [0.0; CHUNK],
             fill: 0,
+        }
+    }
+
+    /// No microphone at the moment: tell a driver reading the shared ring that the app is
+    /// alive (it plays silence either way, but does not count the app as gone).
+    pub fn idle_heartbeat(&mut self) {
+        if let Sink::Ring(feed) = &mut self.sink {
+            feed.heartbeat();
         }
     }
 
@@ -63,7 +84,18 @@ impl CaptureSide {
 
     fn run_chunk(&mut self) {
         let t0 = Instant::now();
-        if self.stats.listeners.load(Ordering::Relaxed) {
+        // Someone to hear it? For the shared ring the feed tells from the reader's clock, here
+        // on the realtime thread, so a driver that starts IO hears the voice within a block or
+        // two however late the control thread runs.
+        let listening = match &self.sink {
+            Sink::Queue(_) => self.stats.listeners.load(Ordering::Relaxed),
+            Sink::Ring(feed) => {
+                let playing = feed.reader_playing();
+                self.stats.listeners.store(playing, Ordering::Relaxed);
+                playing
+            }
+        };
+        if listening {
             let _ = self.denoiser.process(&self.inbuf, &mut self.outbuf);
         } else {
             // Nobody records from the virtual mic: skip the model, keep the clock going, and
@@ -75,9 +107,31 @@ impl CaptureSide {
                 .idle_input_rms
                 .store(rms.to_bits(), Ordering::Relaxed);
         }
-        let pushed = self.prod.push_slice(&self.outbuf);
-        if pushed < CHUNK {
-            self.stats.overruns.fetch_add(1, Ordering::Relaxed);
+        match &mut self.sink {
+            Sink::Queue(prod) => {
+                if prod.push_slice(&self.outbuf) < CHUNK {
+                    self.stats.overruns.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Sink::Ring(feed) => {
+                // A full shared ring means no reader plays (or it stalled): the feed counts
+                // the drop in the ring's header, where the driver looks for it.
+                let (skipped, trimmed) = (feed.skipped_frames(), feed.trimmed_frames());
+                feed.push(&self.outbuf, monotonic_ns());
+                if feed.skipped_frames() != skipped {
+                    // Catching up after a stall with the ring at its latency bound.
+                    self.stats.overruns.fetch_add(1, Ordering::Relaxed);
+                }
+                // A quiet block left out to shed excess latency.
+                self.stats
+                    .drift_dropped
+                    .fetch_add(feed.trimmed_frames() - trimmed, Ordering::Relaxed);
+                self.stats.ring_fill.store(feed.fill(), Ordering::Relaxed);
+                self.stats.drift_ppm.store(
+                    ((feed.ratio() - 1.0) * 1e6).round() as i64,
+                    Ordering::Relaxed,
+                );
+            }
         }
         self.stats
             .processed_frames
@@ -112,7 +166,7 @@ mod tests {
         cfg.framing = Framing::Chunked;
         let dn = Denoiser::new(&cfg, &Model::builtin()).unwrap();
         let handle = dn.handle();
-        let mut side = CaptureSide::new(prod, dn, stats.clone());
+        let mut side = CaptureSide::new(Sink::Queue(prod), dn, stats.clone());
         let block: Vec<f32> = (0..479).map(|i| (i as f32 * 0.05).sin() * 0.2).collect();
         let mut sink = vec![0.0f32; 4_800];
         assert_no_alloc(|| {
@@ -135,5 +189,49 @@ mod tests {
             stats.overruns.load(Ordering::Relaxed) > 0,
             "the full ring was exercised"
         );
+    }
+
+    #[test]
+    fn shared_ring_output_never_allocates_with_or_without_a_reader() {
+        use krisp_vdev::shm::{ReaderState, RingConfig, RingFeed, heap_pair};
+        let (writer, mut reader) = heap_pair(&RingConfig::new("/rt-test")).unwrap();
+        let feed = RingFeed::new(writer, CHUNK).unwrap();
+        let monitor = feed.monitor();
+        let stats = Arc::new(StatsInner::default());
+        stats.listeners.store(true, Ordering::Relaxed);
+        let mut cfg = Config::new(48_000, 1);
+        cfg.framing = Framing::Chunked;
+        let dn = Denoiser::new(&cfg, &Model::builtin()).unwrap();
+        let mut side = CaptureSide::new(Sink::Ring(Box::new(feed)), dn, stats.clone());
+        let block: Vec<f32> = (0..480).map(|i| (i as f32 * 0.05).sin() * 0.2).collect();
+        let mut out = vec![0.0f32; 512];
+        let mut played = 0;
+        assert_no_alloc(|| {
+            // 8 s of 128-frame captures; the "driver" reads 512-frame periods at the same
+            // rate, except between 3 s and 5 s, when it stops (ring fills, writer drops).
+            let mut owed = 0usize;
+            for i in 0..3_000 {
+                side.on_data(&block[..128]);
+                if i % 500 == 0 {
+                    side.idle_heartbeat();
+                }
+                owed += 128;
+                let t = i * 128 / 48_000;
+                while owed >= 512 {
+                    owed -= 512;
+                    if !(3..5).contains(&t) && reader.read(&mut out).state == ReaderState::Playing {
+                        played += 1;
+                    }
+                }
+            }
+        });
+        let c = monitor.snapshot();
+        assert!(played > 400, "the reader played {played} periods");
+        assert!(c.writer_dropped_frames > 0, "the full ring was exercised");
+        assert!(
+            reader.stats().resyncs >= 2,
+            "the reader discarded the stale queue after the stop"
+        );
+        assert!(stats.processed_frames.load(Ordering::Relaxed) >= 383_000);
     }
 }

@@ -245,6 +245,8 @@ mod tests {
                 output_running: false,
                 listeners: false,
                 restarts: 0,
+                output: crate::OUTPUT_VIRTUAL_MIC.into(),
+                ring: None,
             },
             extra: vec![],
         }

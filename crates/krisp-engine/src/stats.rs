@@ -1,7 +1,9 @@
 //! Lock-free statistics of a running engine.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use krisp_vdev::shm::RingMonitor;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,8 +22,55 @@ pub(crate) struct StatsInner {
     pub listeners: AtomicBool,
     pub restarts: AtomicU64,
     pub latency_samples: AtomicU64,
+    /// The drift controller's correction of the shared ring's resampler, ppm.
+    pub drift_ppm: AtomicI64,
+    /// Set once when the output is the shared ring.
+    pub ring: OnceLock<RingInfo>,
     /// Microphone level (f32 bits) while the model idles because nobody listens.
     pub idle_input_rms: AtomicU32,
+}
+
+/// The shared ring the engine writes, for status.
+pub(crate) struct RingInfo {
+    pub name: String,
+    pub target_fill: u32,
+    pub monitor: RingMonitor,
+}
+
+impl std::fmt::Debug for RingInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingInfo")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// Output kind names as `krisp status --json` shows them.
+pub const OUTPUT_VIRTUAL_MIC: &str = "virtual-mic";
+/// See [`OUTPUT_VIRTUAL_MIC`].
+pub const OUTPUT_SHARED_RING: &str = "shared-ring";
+
+/// The shared-memory ring when it is the engine's output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RingStatus {
+    /// Segment name (`/krisp-mic-<uid>`).
+    pub name: String,
+    /// Frames queued now.
+    pub fill_frames: u64,
+    /// Fill the writer steers to.
+    pub target_fill_frames: u32,
+    /// Whether a reader (the driver) played within the last ~250 ms.
+    pub reader_playing: bool,
+    /// The resampler's drift correction, ppm (positive: the device clock runs faster).
+    pub drift_ppm: i64,
+    /// Silence frames the reader played because the ring ran dry.
+    pub reader_underrun_frames: u64,
+    /// Oldest frames the reader skipped to bound latency.
+    pub reader_overrun_frames: u64,
+    /// Times the reader started over (start, app restart, stale queue).
+    pub reader_resyncs: u64,
+    /// Frames dropped because the ring was full (no reader).
+    pub writer_dropped_frames: u64,
 }
 
 /// Statistics of a running engine; read from any thread without locks.
@@ -66,6 +115,13 @@ pub struct StatsSnapshot {
     /// underruns on a starved machine, shrinking back when calm.
     #[serde(default)]
     pub jitter_buffer_ms: f32,
+    /// Where the denoised audio goes: `virtual-mic` (the PulseAudio/PipeWire source "Krisp
+    /// Microphone") or `shared-ring` (the shared-memory ring of the macOS/Windows drivers).
+    #[serde(default)]
+    pub output: String,
+    /// The shared ring, when it is the output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring: Option<RingStatus>,
 }
 
 impl Stats {
@@ -74,6 +130,23 @@ impl Stats {
         let i = &self.inner;
         let r = Ordering::Relaxed;
         let rate = krisp_vdev::pulse::MIC_RATE as f32;
+        let ring = i.ring.get().map(|info| {
+            let c = info.monitor.snapshot();
+            RingStatus {
+                name: info.name.clone(),
+                fill_frames: c.fill,
+                target_fill_frames: info.target_fill,
+                reader_playing: i.listeners.load(r),
+                drift_ppm: i.drift_ppm.load(r),
+                reader_underrun_frames: c.underrun_frames,
+                reader_overrun_frames: c.overrun_frames,
+                reader_resyncs: c.resyncs,
+                writer_dropped_frames: c.writer_dropped_frames,
+            }
+        });
+        let fill = ring
+            .as_ref()
+            .map_or(i.ring_fill.load(r), |ring| ring.fill_frames);
         let listeners = i.listeners.load(r);
         let (input_rms, output_rms, vad) = if listeners {
             (self.dsp.input_rms(), self.dsp.output_rms(), self.dsp.vad())
@@ -90,14 +163,20 @@ impl Stats {
             input_rms,
             output_rms,
             vad,
-            added_latency_ms: (i.ring_fill.load(r) + i.latency_samples.load(r)) as f32 / rate
-                * 1000.0,
+            added_latency_ms: (fill + i.latency_samples.load(r)) as f32 / rate * 1000.0,
             cpu_load: i.cpu_load_ppm.load(r) as f32 / 1e6,
             input_running: i.input_running.load(r),
             output_running: i.output_running.load(r),
             listeners,
             restarts: i.restarts.load(r),
             jitter_buffer_ms: i.jitter_target.load(r) as f32 / rate * 1000.0,
+            output: if ring.is_some() {
+                OUTPUT_SHARED_RING
+            } else {
+                OUTPUT_VIRTUAL_MIC
+            }
+            .to_string(),
+            ring,
         }
     }
 }

@@ -36,6 +36,8 @@
 
 mod drift;
 mod error;
+#[cfg(not(loom))]
+mod feed;
 mod layout;
 #[cfg(loom)]
 mod loom_mem;
@@ -46,9 +48,12 @@ mod sync;
 
 pub use drift::DriftController;
 pub use error::ShmError;
+#[cfg(not(loom))]
+pub use feed::RingFeed;
 pub use layout::{HEADER_BYTES, MAGIC, VERSION};
 pub use ring::{
-    ReadReport, ReaderState, ReaderStats, RingReader, RingWriter, WriterStats, heap_pair,
+    ReadReport, ReaderState, ReaderStats, RingCounters, RingMonitor, RingReader, RingWriter,
+    WriterStats, heap_pair,
 };
 
 /// Byte offsets of every header field by name, for cross-language layout checks (the C header
@@ -62,6 +67,20 @@ pub fn field_offsets() -> &'static [(&'static str, usize)] {
 #[cfg(unix)]
 pub fn default_ring_name() -> String {
     format!("/krisp-mic-{}", uid())
+}
+
+/// The writer's monotonic clock in nanoseconds, as published in the clock anchor
+/// (`CLOCK_MONOTONIC`; read through the vDSO, so no system call). Realtime-safe.
+#[cfg(unix)]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists on the platforms we
+    // build for, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(unix)]

@@ -295,9 +295,74 @@ impl RingWriter {
         self.header
     }
 
+    /// Frames ever written (W): the ring frame index the next write starts at.
+    pub fn write_index(&self) -> u64 {
+        self.w
+    }
+
     /// The segment name, for shared-memory rings.
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
+    }
+
+    /// A read-only view of this ring's shared counters for a control thread (UI, status),
+    /// while the writer itself lives on the realtime thread.
+    pub fn monitor(&self) -> RingMonitor {
+        RingMonitor {
+            region: Arc::clone(&self.region),
+            capacity: self.geo.capacity,
+        }
+    }
+
+    /// The reader's clock in frames as it last mirrored it: it moves while a reader plays.
+    /// Realtime-safe.
+    pub fn reader_heartbeat(&self) -> u64 {
+        self.hdr().reader_heartbeat.load(Ordering::Relaxed)
+    }
+}
+
+/// What a control thread may watch of a ring written elsewhere: fill, whether a reader plays,
+/// and the reader's mirrored counters. Only loads; cheap to clone.
+#[derive(Clone)]
+pub struct RingMonitor {
+    region: Arc<Region>,
+    capacity: u64,
+}
+
+/// The shared counters of a ring at one moment, as seen by [`RingMonitor::snapshot`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingCounters {
+    /// Frames written and not yet read (`W - R`, at most the capacity).
+    pub fill: u64,
+    /// Frames ever written (W).
+    pub write_index: u64,
+    /// The reader's clock in frames; it moves while a reader plays.
+    pub reader_heartbeat: u64,
+    /// Silence frames the reader played because the ring ran dry.
+    pub underrun_frames: u64,
+    /// Oldest frames the reader skipped to keep latency bounded.
+    pub overrun_frames: u64,
+    /// Times the reader discarded the queue and started over.
+    pub resyncs: u64,
+    /// Frames the writer dropped because the ring was full (no reader, or a stalled one).
+    pub writer_dropped_frames: u64,
+}
+
+impl RingMonitor {
+    /// Loads the counters (each atomically; together they are only roughly simultaneous).
+    pub fn snapshot(&self) -> RingCounters {
+        let h = self.region.header();
+        let w = h.write_index.load(Ordering::Acquire);
+        let r = h.read_index.load(Ordering::Acquire);
+        RingCounters {
+            fill: w.wrapping_sub(r).min(self.capacity),
+            write_index: w,
+            reader_heartbeat: h.reader_heartbeat.load(Ordering::Relaxed),
+            underrun_frames: h.underrun_frames.load(Ordering::Relaxed),
+            overrun_frames: h.overrun_frames.load(Ordering::Relaxed),
+            resyncs: h.resyncs.load(Ordering::Relaxed),
+            writer_dropped_frames: h.writer_dropped_frames.load(Ordering::Relaxed),
+        }
     }
 }
 
