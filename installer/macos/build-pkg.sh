@@ -5,8 +5,8 @@
 #
 #   KRISP_VERSION=1.0.0 KRISP_RELEASE_KEYS=kid:base64 bash installer/macos/build-pkg.sh
 #   # optional: SIGN_APP="Developer ID Application: …" SIGN_PKG="Developer ID Installer: …"
-#   # release: KRISP_APP_REQUIREMENT='identifier "com.krisp.app" and anchor apple generic and
-#   #   certificate leaf[subject.OU] = "<team id>"' (the ring daemon hands the ring only to it)
+#   # release: KRISP_TEAM_ID=<Developer ID team id> (the ring daemon hands the ring only to
+#   #   com.krisp.app signed by that team)
 #
 # The package installs:
 #   /Applications/Krisp.app                           the app (the `krisp` binary inside)
@@ -35,7 +35,7 @@ sed "s/@VERSION@/$version/g" installer/macos/Info.plist.in > "$stage/Application
 cp models/manifest.toml models/*.rnn "$stage/Applications/Krisp.app/Contents/Resources/models/"
 
 make -C drivers/macos
-make -C drivers/macos ringd ${KRISP_APP_REQUIREMENT:+APP_REQUIREMENT="$KRISP_APP_REQUIREMENT"}
+make -C drivers/macos ringd ${KRISP_TEAM_ID:+TEAM_ID="$KRISP_TEAM_ID"}
 cp -R drivers/macos/build/KrispAudio.driver "$stage/Library/Audio/Plug-Ins/HAL/"
 cp drivers/macos/build/krisp-ringd "$stage/Library/Application Support/Krisp/"
 cp drivers/macos/com.krisp.audio.ringd.plist "$stage/Library/LaunchDaemons/"
