@@ -44,11 +44,14 @@
 
 #include "krisp_ringd.h"
 
-#ifndef KRISP_APP_REQUIREMENT
-/* The shipping app's designated requirement; the release build passes the real team id. */
-#define KRISP_APP_REQUIREMENT \
-    "identifier \"com.krisp.app\" and anchor apple generic and certificate leaf[subject.OU] = \"KRISPTEAM\""
+/* The shipping app's designated requirement: its bundle id, signed with a Developer ID of our
+   team. `make ringd TEAM_ID=ABCDE12345` passes the real team id; the default is a placeholder
+   that no real certificate carries, so an unconfigured build refuses every app. */
+#ifndef KRISP_TEAM_ID
+#define KRISP_TEAM_ID "NOTEAMSET"
 #endif
+#define KRISP_APP_REQUIREMENT \
+    "identifier \"com.krisp.app\" and anchor apple generic and certificate leaf[subject.OU] = \"" KRISP_TEAM_ID "\""
 #ifndef KRISP_RINGD_ANY_CLIENT
 #define KRISP_RINGD_ANY_CLIENT 0
 #endif
