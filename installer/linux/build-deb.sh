@@ -54,9 +54,9 @@ for p in $deps; do depends="$depends${depends:+, }$p"; done
 # pactl manages "Krisp Microphone" at run time.
 depends="$depends, pulseaudio-utils"
 # The window's libraries are opened at run time (winit, glutin), so objdump does not see
-# them: keyboard maps, EGL/GL and the X11 extensions winit uses; Wayland's client libraries.
+# them: keyboard maps, EGL/GL and the X11 extensions winit uses (Wayland desktops: XWayland).
 depends="$depends, libxkbcommon0, libxkbcommon-x11-0, libegl1, libgl1, libxcursor1, libxrandr2, libxi6"
-recommends="libwayland-client0, libwayland-egl1, libwayland-cursor0"
+recommends="xwayland"
 
 size=$(du -sk "$stage" | cut -f1)
 mkdir -p "$stage/DEBIAN"

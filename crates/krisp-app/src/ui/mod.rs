@@ -59,10 +59,9 @@ pub fn run(args: RunArgs, minimized: bool) -> Result<()> {
         ),
         Err(_) => {}
     }
-    if std::env::var_os("DISPLAY").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
-        eprintln!(
-            "krisp: no display (neither DISPLAY nor WAYLAND_DISPLAY is set); running headless"
-        );
+    // The window speaks X11 (XWayland on Wayland desktops).
+    if std::env::var_os("DISPLAY").is_none() {
+        eprintln!("krisp: no X display (DISPLAY is not set); running headless");
         return crate::live::run_headless(args);
     }
     let session = Session::start(args)?;
