@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::audio_server::{AudioServer, Kind, required};
+use common::audio_server::{AudioServer, Kind, have, required};
 use common::{Krisp, Player, record_pair, speech_and_noisy};
 use krisp_testkit::write_f32_wav;
 
@@ -24,14 +24,6 @@ const OFF: [u8; 3] = [0x86, 0x8e, 0x96];
 const PROBLEM: [u8; 3] = [0xe0, 0x31, 0x31];
 const METER: [u8; 3] = [0x1c, 0x7e, 0xd6];
 const WARNING: [u8; 3] = [0xf0, 0x8c, 0x00];
-
-fn have(bin: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {bin}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 fn tools_present() -> bool {
     let missing: Vec<_> = [

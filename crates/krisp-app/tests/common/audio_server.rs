@@ -23,7 +23,8 @@ pub struct AudioServer {
     mic_channels: u32,
 }
 
-fn have(bin: &str) -> bool {
+/// Whether `bin` is on PATH.
+pub fn have(bin: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {bin}")])
         .stdout(Stdio::null())
