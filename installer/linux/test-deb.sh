@@ -31,10 +31,15 @@ cleanup() {
 trap cleanup EXIT
 
 # 1. The license server on loopback.
-cargo build -q -p krisp-server
+# (.ci/run passes the server it already built in KRISP_SERVER_BIN after freeing target/debug.)
+server_bin=${KRISP_SERVER_BIN:-}
+if [ -z "$server_bin" ]; then
+    cargo build -q -p krisp-server
+    server_bin=$root/target/debug/krisp-server
+fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 url="http://127.0.0.1:$port"
-(cd "$work" && exec "$root/target/debug/krisp-server" --listen "127.0.0.1:$port" \
+(cd "$work" && exec "$server_bin" --listen "127.0.0.1:$port" \
     --database-url "sqlite://$work/server.db" >"$work/server.log" 2>&1) &
 server_pid=$!
 for _ in $(seq 100); do curl -fsS "$url/v1/keys" >/dev/null 2>&1 && break; sleep 0.1; done
