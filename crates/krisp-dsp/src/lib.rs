@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 mod denoiser;
+mod dfn3;
 mod error;
 mod model;
 pub mod offline;
@@ -27,5 +28,5 @@ pub use denoiser::{
     MODEL_FRAME, MODEL_RATE,
 };
 pub use error::{Error, ProcessError};
-pub use model::{DEFAULT_MODEL, Manifest, Model, ModelInfo, sha256_hex};
+pub use model::{DEFAULT_MODEL, FrameModel, Manifest, Model, ModelInfo, sha256_hex};
 pub use swap::{SwapReceiver, SwapSender, swap_channel};
