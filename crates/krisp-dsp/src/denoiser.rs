@@ -68,6 +68,10 @@ pub struct Config {
     pub framing: Framing,
     /// Length of the bypass and strength crossfades, at most 10 ms.
     pub crossfade_ms: f32,
+    /// Run a model whose inference allocates (DeepFilterNet3) on a worker thread, so that
+    /// [`Denoiser::process`] stays allocation-free; costs one model frame (10 ms) of latency.
+    /// For live audio; file processing runs faster than realtime and leaves it off.
+    pub model_thread: bool,
 }
 
 impl Config {
@@ -78,6 +82,7 @@ impl Config {
             channels,
             framing: Framing::Any,
             crossfade_ms: 5.0,
+            model_thread: false,
         }
     }
 }
@@ -91,6 +96,7 @@ struct Shared {
     output_rms: AtomicU32,
     frames: AtomicU64,
     nonfinite_chunks: AtomicU64,
+    late_frames: AtomicU64,
 }
 
 /// Lock-free controls and meters of a [`Denoiser`]; cheap to clone, safe from any thread.
@@ -107,6 +113,7 @@ impl Default for Handle {
             output_rms: AtomicU32::new(0),
             frames: AtomicU64::new(0),
             nonfinite_chunks: AtomicU64::new(0),
+            late_frames: AtomicU64::new(0),
         }))
     }
 }
@@ -151,6 +158,11 @@ impl Handle {
     /// Input frames processed so far.
     pub fn frames_processed(&self) -> u64 {
         self.0.frames.load(Ordering::Relaxed)
+    }
+    /// Model frames a worker-thread model (see [`Config::model_thread`]) did not finish in time,
+    /// output as silence; always 0 for models run inline.
+    pub fn late_frames(&self) -> u64 {
+        self.0.late_frames.load(Ordering::Relaxed)
     }
     /// Chunks that contained NaN or Inf and were replaced by silence.
     pub fn nonfinite_chunks(&self) -> u64 {
@@ -291,6 +303,7 @@ pub struct Denoiser {
     plan: Plan,
     latency: usize,
     states: Vec<Box<dyn FrameModel>>,
+    threaded: bool,
     rs_in: Option<Fft<f32>>,
     rs_out: Option<Fft<f32>>,
     in_buf: Vec<Vec<f32>>,
@@ -379,8 +392,20 @@ impl Denoiser {
             Framing::Any => plan.chunk - 1,
             Framing::Chunked => 0,
         };
+        let threaded = config.model_thread && model.is_dfn3();
         let states = (0..ch)
-            .map(|_| model.frame_model())
+            .map(|_| {
+                let fm = model.frame_model()?;
+                if !threaded {
+                    return Ok(fm);
+                }
+                crate::threaded::ThreadedFrames::spawn(fm)
+                    .map(|t| Box::new(t) as Box<dyn FrameModel>)
+                    .map_err(|e| Error::ModelLoad {
+                        path: model.info().file.clone().into(),
+                        reason: format!("cannot start the model thread: {e}"),
+                    })
+            })
             .collect::<Result<Vec<_>, Error>>()?;
         if states.iter().any(|s| s.frame_size() != MODEL_FRAME) {
             return Err(Error::ModelLoad {
@@ -425,6 +450,7 @@ impl Denoiser {
             plan,
             latency,
             states,
+            threaded,
             rs_in,
             rs_out,
             in_buf: vec![vec![0.0; plan.chunk]; ch],
@@ -628,6 +654,10 @@ impl Denoiser {
             }
         }
         self.shared.vad.store(vad.to_bits(), Ordering::Relaxed);
+        if self.threaded {
+            let late = self.states.iter().map(|s| s.late_frames()).sum::<u64>();
+            self.shared.late_frames.store(late, Ordering::Relaxed);
+        }
 
         match self.rs_out.as_mut() {
             Some(rs) => {

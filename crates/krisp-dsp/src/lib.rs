@@ -22,6 +22,7 @@ mod error;
 mod model;
 pub mod offline;
 mod swap;
+mod threaded;
 
 pub use denoiser::{
     Config, Denoiser, FULL_STRENGTH_DB, Framing, Handle, MAX_CHANNELS, MAX_RATE, MIN_RATE,

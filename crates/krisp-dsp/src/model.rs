@@ -211,6 +211,11 @@ pub trait FrameModel: Send {
     /// DeepFilterNet3's local-SNR estimate mapped from −15…35 dB). Realtime-safe for RNNoise;
     /// see the crate docs for DeepFilterNet3.
     fn process_frame(&mut self, input: &[f32], output: &mut [f32]) -> f32;
+    /// Frames whose result was not ready in time and were output as silence (only models run
+    /// on a worker thread can be late).
+    fn late_frames(&self) -> u64 {
+        0
+    }
 }
 
 /// RNNoise behind [`FrameModel`]: it wants 16-bit-scaled samples.

@@ -32,9 +32,8 @@ fn data(name: &str) -> Vec<f32> {
 ///
 /// Both run the same ONNX networks, but tract's optimiser may fuse and order float operations
 /// differently, and our STFT/feature code is independent; the difference must stay at the level
-/// of float rounding carried through a recurrent network, far below audibility:
-/// error energy at least 40 dB under the signal, and no sample off by more than 0.005
-/// (the signal peaks near 0.25).
+/// of float rounding: error energy at least 90 dB under the signal, and no sample off by more
+/// than 1e-5 (the signal peaks near 0.25). Measured when this was written: 134 dB, 6e-8.
 #[test]
 fn frame_model_matches_deepfilternet_c_runtime_on_a_fixed_file() {
     let noisy = data("dfn3_noisy.wav");
@@ -60,8 +59,8 @@ fn frame_model_matches_deepfilternet_c_runtime_on_a_fixed_file() {
     let snr_db = 10.0 * (sig / err.max(1e-30)).log10();
     eprintln!("dfn3 vs libDF: error {snr_db:.1} dB below signal, max |diff| {max:.2e}");
     assert!(sig > 1.0, "reference is not silent");
-    assert!(snr_db >= 40.0, "error only {snr_db:.1} dB below the signal");
-    assert!(max <= 5e-3, "max sample difference {max}");
+    assert!(snr_db >= 90.0, "error only {snr_db:.1} dB below the signal");
+    assert!(max <= 1e-5, "max sample difference {max}");
 }
 
 fn noisy_speech(secs: f32, snr: f64) -> (Vec<f32>, Vec<f32>) {
@@ -94,7 +93,9 @@ fn offline_output_is_aligned_and_beats_rnnoise_on_speech_in_real_noise() {
 fn shorter_lookahead_cuts_latency_by_a_hop_each_and_stays_aligned() {
     let (clean, noisy) = noisy_speech(3.0, 5.0);
     let full = Denoiser::new(&Config::new(48_000, 1), dfn3()).unwrap().latency();
-    let mut last = f64::INFINITY;
+    let out = offline::denoise_interleaved(&noisy, 48_000, 1, dfn3(), 100.0, |_| {}).unwrap();
+    let mut last = si_sdr(&clean, &out);
+    eprintln!("lookahead 2: SI-SDR {last:.1} dB");
     for hops in [1usize, 0] {
         let m = dfn3().clone().with_lookahead(hops);
         let lat = Denoiser::new(&Config::new(48_000, 1), &m).unwrap().latency();
@@ -103,10 +104,12 @@ fn shorter_lookahead_cuts_latency_by_a_hop_each_and_stays_aligned() {
         let (lag, _) = best_lag(&clean, &out, -960..961);
         assert_eq!(lag, 0, "lookahead {hops}");
         let q = si_sdr(&clean, &out);
-        assert!(q > si_sdr(&clean, &noisy) + 5.0, "lookahead {hops}: {q:.1} dB");
-        last = last.min(q);
+        eprintln!("lookahead {hops}: SI-SDR {q:.1} dB (noisy {:.1})", si_sdr(&clean, &noisy));
+        // Each hop less look-ahead costs quality, but the output still gains over the input.
+        assert!(q < last, "lookahead {hops}: {q:.1} dB, not below {last:.1}");
+        assert!(q > si_sdr(&clean, &noisy) + 1.0, "lookahead {hops}: {q:.1} dB");
+        last = q;
     }
-    assert!(last.is_finite());
 }
 
 #[test]
@@ -118,7 +121,11 @@ fn other_rates_and_stereo_run_through_the_same_wrapper() {
     let out = offline::denoise_interleaved(&st, 16_000, 2, dfn3(), 100.0, |_| {}).unwrap();
     for c in 0..2 {
         let y = channel(&out, 2, c);
-        assert!(si_sdr(&c16, &y) > si_sdr(&c16, &x16) + 5.0, "channel {c}");
+        let (lag, _) = best_lag(&c16, &y, -320..321);
+        let (q, base) = (si_sdr(&c16, &y), si_sdr(&c16, &x16));
+        eprintln!("16 kHz channel {c}: lag {lag}, SI-SDR {q:.1} dB (noisy {base:.1})");
+        assert_eq!(lag, 0, "channel {c}");
+        assert!(q > base + 3.0, "channel {c}: {q:.1} dB vs noisy {base:.1}");
     }
 }
 
