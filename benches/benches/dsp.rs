@@ -84,5 +84,10 @@ fn frame_48k_mono_dfn3(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, frame_48k_mono, second_of_audio, frame_48k_mono_dfn3);
+criterion_group!(
+    benches,
+    frame_48k_mono,
+    second_of_audio,
+    frame_48k_mono_dfn3
+);
 criterion_main!(benches);

@@ -113,9 +113,12 @@ fn ini_get<T: std::str::FromStr>(
 ) -> Result<T, Error> {
     for s in sections {
         if let Some((_, _, v)) = ini.iter().find(|(sec, k, _)| sec == s && k == key) {
-            return v
-                .parse()
-                .map_err(|_| bad(path, format!("config.ini: [{s}] {key} = '{v}' is not valid")));
+            return v.parse().map_err(|_| {
+                bad(
+                    path,
+                    format!("config.ini: [{s}] {key} = '{v}' is not valid"),
+                )
+            });
         }
     }
     Err(bad(path, format!("config.ini has no '{key}'")))
@@ -236,7 +239,9 @@ impl Dfn3Net {
         {
             return Err(bad(
                 path,
-                format!("unsupported configuration (sr {sr}, {d:?}); Krisp runs 48 kHz, 480-sample hops, 960-point FFT"),
+                format!(
+                    "unsupported configuration (sr {sr}, {d:?}); Krisp runs 48 kHz, 480-sample hops, 960-point FFT"
+                ),
             ));
         }
         let hidden = d.conv_ch * d.nb_erb / 4;
@@ -595,7 +600,6 @@ impl Dfn3State {
         Ok((lsnr, true, true))
     }
 }
-
 
 #[cfg(test)]
 mod tests {

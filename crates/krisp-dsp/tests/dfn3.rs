@@ -17,11 +17,20 @@ fn models_dir() -> PathBuf {
 /// Loading optimises three networks (about a second); share one model between tests.
 fn dfn3() -> &'static Model {
     static M: OnceLock<Model> = OnceLock::new();
-    M.get_or_init(|| Manifest::load(&models_dir()).unwrap().load_model("dfn3").unwrap())
+    M.get_or_init(|| {
+        Manifest::load(&models_dir())
+            .unwrap()
+            .load_model("dfn3")
+            .unwrap()
+    })
 }
 
 fn data(name: &str) -> Vec<f32> {
-    let (spec, x) = read_wav(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name));
+    let (spec, x) = read_wav(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name),
+    );
     assert_eq!((spec.sample_rate, spec.channels), (48_000, 1), "{name}");
     x
 }
@@ -40,7 +49,11 @@ fn frame_model_matches_deepfilternet_c_runtime_on_a_fixed_file() {
     let reference = data("dfn3_libdf_out.wav");
     let mut fm = dfn3().frame_model().unwrap();
     assert_eq!(fm.frame_size(), 480);
-    assert_eq!(fm.delay(), 1440, "960-point STFT overlap + 2 hops of look-ahead");
+    assert_eq!(
+        fm.delay(),
+        1440,
+        "960-point STFT overlap + 2 hops of look-ahead"
+    );
     let mut ours = vec![0.0f32; noisy.len()];
     for (i, o) in noisy.chunks_exact(480).zip(ours.chunks_exact_mut(480)) {
         fm.process_frame(i, o);
@@ -78,7 +91,10 @@ fn offline_output_is_aligned_and_beats_rnnoise_on_speech_in_real_noise() {
         offline::denoise_interleaved(&noisy, 48_000, 1, &Model::builtin(), 100.0, |_| {}).unwrap();
     assert_eq!(ours.len(), noisy.len());
     let (lag, _) = best_lag(&clean, &ours, -960..961);
-    assert_eq!(lag, 0, "latency compensation must line the output up with the input");
+    assert_eq!(
+        lag, 0,
+        "latency compensation must line the output up with the input"
+    );
     let (base, d, r) = (
         si_sdr(&clean, &noisy),
         si_sdr(&clean, &ours),
@@ -92,22 +108,32 @@ fn offline_output_is_aligned_and_beats_rnnoise_on_speech_in_real_noise() {
 #[test]
 fn shorter_lookahead_cuts_latency_by_a_hop_each_and_stays_aligned() {
     let (clean, noisy) = noisy_speech(3.0, 5.0);
-    let full = Denoiser::new(&Config::new(48_000, 1), dfn3()).unwrap().latency();
+    let full = Denoiser::new(&Config::new(48_000, 1), dfn3())
+        .unwrap()
+        .latency();
     let out = offline::denoise_interleaved(&noisy, 48_000, 1, dfn3(), 100.0, |_| {}).unwrap();
     let mut last = si_sdr(&clean, &out);
     eprintln!("lookahead 2: SI-SDR {last:.1} dB");
     for hops in [1usize, 0] {
         let m = dfn3().clone().with_lookahead(hops);
-        let lat = Denoiser::new(&Config::new(48_000, 1), &m).unwrap().latency();
+        let lat = Denoiser::new(&Config::new(48_000, 1), &m)
+            .unwrap()
+            .latency();
         assert_eq!(full - lat, (2 - hops) * 480, "lookahead {hops}");
         let out = offline::denoise_interleaved(&noisy, 48_000, 1, &m, 100.0, |_| {}).unwrap();
         let (lag, _) = best_lag(&clean, &out, -960..961);
         assert_eq!(lag, 0, "lookahead {hops}");
         let q = si_sdr(&clean, &out);
-        eprintln!("lookahead {hops}: SI-SDR {q:.1} dB (noisy {:.1})", si_sdr(&clean, &noisy));
+        eprintln!(
+            "lookahead {hops}: SI-SDR {q:.1} dB (noisy {:.1})",
+            si_sdr(&clean, &noisy)
+        );
         // Each hop less look-ahead costs quality, but the output still gains over the input.
         assert!(q < last, "lookahead {hops}: {q:.1} dB, not below {last:.1}");
-        assert!(q > si_sdr(&clean, &noisy) + 1.0, "lookahead {hops}: {q:.1} dB");
+        assert!(
+            q > si_sdr(&clean, &noisy) + 1.0,
+            "lookahead {hops}: {q:.1} dB"
+        );
         last = q;
     }
 }
@@ -156,7 +182,10 @@ fn tampered_or_missing_dfn3_file_is_a_clear_error() {
         .load_model("dfn3")
         .unwrap_err();
     assert!(matches!(err, Error::ModelIo { .. }), "{err}");
-    assert!(err.to_string().contains("DeepFilterNet3_onnx.tar.gz"), "{err}");
+    assert!(
+        err.to_string().contains("DeepFilterNet3_onnx.tar.gz"),
+        "{err}"
+    );
 }
 
 #[test]
