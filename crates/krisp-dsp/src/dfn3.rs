@@ -233,7 +233,7 @@ impl Dfn3Net {
             || d.fft != 2 * d.hop
             || d.nb_df > d.fft / 2
             || d.nb_erb < 2
-            || d.nb_erb % 4 != 0
+            || !d.nb_erb.is_multiple_of(4)
             || d.df_order == 0
             || d.df_lookahead >= d.df_order
         {
@@ -460,11 +460,12 @@ impl Dfn3State {
         // Analysis: window [previous hop, this hop], FFT, scale by 1/fft.
         let split = d.fft - hop;
         let w = &net.window;
-        for i in 0..split {
-            self.time_buf[i] = self.prev_in[i] * w[i];
+        let (first, second) = self.time_buf.split_at_mut(split);
+        for ((t, &x), &wi) in first.iter_mut().zip(&self.prev_in).zip(&w[..split]) {
+            *t = x * wi;
         }
-        for i in 0..hop {
-            self.time_buf[split + i] = input[i] * w[split + i];
+        for ((t, &x), &wi) in second.iter_mut().zip(&input[..hop]).zip(&w[split..]) {
+            *t = x * wi;
         }
         self.prev_in.copy_from_slice(&input[hop - split..]);
         let n = self.hist.len();
@@ -494,8 +495,7 @@ impl Dfn3State {
             *m = db * (1.0 - alpha) + *m * alpha;
             self.feat_erb[b] = (db - *m) / 40.0;
         }
-        for f in 0..nb_df {
-            let c = spec[f];
+        for (f, &c) in spec[..nb_df].iter().enumerate() {
             let m = &mut self.unit_mean[f];
             *m = c.norm() * (1.0 - alpha) + *m * alpha;
             let s = m.sqrt();
@@ -538,10 +538,9 @@ impl Dfn3State {
                     continue;
                 }
                 let x = &self.hist[(self.head + n - back as usize) % n];
-                for f in 0..nb_df {
+                for (f, (o, &xf)) in self.spec_out[..nb_df].iter_mut().zip(x).enumerate() {
                     let i = (f * order + k) * 2;
-                    let tap = Complex32::new(self.coefs[i], self.coefs[i + 1]);
-                    self.spec_out[f] += x[f] * tap;
+                    *o += xf * Complex32::new(self.coefs[i], self.coefs[i + 1]);
                 }
             }
         }
@@ -558,12 +557,10 @@ impl Dfn3State {
         for (x, &w) in self.time_buf.iter_mut().zip(w.iter()) {
             *x *= w;
         }
-        for i in 0..hop {
-            output[i] = self.time_buf[i] + self.ola[i];
+        for ((o, &t), &m) in output[..hop].iter_mut().zip(&self.time_buf).zip(&self.ola) {
+            *o = t + m;
         }
-        for i in 0..split {
-            self.ola[i] = self.time_buf[hop + i];
-        }
+        self.ola.copy_from_slice(&self.time_buf[hop..]);
         ((lsnr - LSNR_MIN) / (LSNR_MAX - LSNR_MIN)).clamp(0.0, 1.0)
     }
 

@@ -158,7 +158,7 @@ impl Manifest {
                     path: path.clone(),
                     kind: info.kind.clone(),
                 })?;
-                Net::Rnnoise(rnn)
+                Net::Rnnoise(Box::new(rnn))
             }
             "dfn3" => Net::Dfn3(Arc::new(Dfn3Net::from_targz(&bytes, &path)?)),
             _ => {
@@ -195,7 +195,7 @@ pub struct Model {
 /// The parsed networks of a [`Model`].
 #[derive(Clone)]
 pub(crate) enum Net {
-    Rnnoise(RnnModel),
+    Rnnoise(Box<RnnModel>),
     Dfn3(Arc<Dfn3Net>),
 }
 
@@ -294,7 +294,7 @@ impl Model {
     pub fn frame_model(&self) -> Result<Box<dyn FrameModel>, Error> {
         Ok(match &self.net {
             Net::Rnnoise(rnn) => {
-                let mut st = nnnoiseless::DenoiseState::from_model(rnn.clone());
+                let mut st = nnnoiseless::DenoiseState::from_model((**rnn).clone());
                 // The first process_frame in a process initialises shared tables; do it here.
                 // Silence leaves the model's state as new.
                 let zeros = [0.0f32; nnnoiseless::FRAME_SIZE];
