@@ -17,6 +17,8 @@ pub struct RunArgs {
     pub input: Option<String>,
     pub strength: Option<f32>,
     pub model: Option<String>,
+    /// DeepFilterNet3 look-ahead in hops; `None` = the model's default.
+    pub lookahead: Option<usize>,
     pub models_dir: Option<PathBuf>,
     pub off: bool,
     pub socket: Option<PathBuf>,
@@ -82,7 +84,10 @@ impl Session {
             settings.enabled = false;
         }
         let manifest = crate::denoise::find_manifest(args.models_dir.as_deref())?;
-        let model = manifest.load_model(&settings.model)?;
+        let mut model = manifest.load_model(&settings.model)?;
+        if let Some(hops) = args.lookahead {
+            model = model.with_lookahead(hops);
+        }
         let mut cfg = EngineConfig::new(model);
         cfg.input = settings.input.clone();
         cfg.enabled = settings.enabled;

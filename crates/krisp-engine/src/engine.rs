@@ -565,6 +565,8 @@ impl Supervisor {
         };
         let mut dsp_cfg = DspConfig::new(MIC_RATE, 1);
         dsp_cfg.framing = Framing::Chunked;
+        // DeepFilterNet3's inference allocates: keep it off this realtime thread.
+        dsp_cfg.model_thread = true;
         let denoiser = Denoiser::with_handle(&dsp_cfg, &self.cfg.model, self.control.dsp.clone())?;
         // Model delay, half a chunk of accumulation on average, and the device's buffer (or
         // the ring's resampler; the ring's own fill is added when status is read).
