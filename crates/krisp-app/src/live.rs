@@ -324,6 +324,13 @@ fn print_status(r: &Response) {
         "xruns:         {} underruns, {} overruns, {} samples dropped for drift; {} restarts",
         s.underruns, s.overruns, s.drift_dropped, s.restarts
     );
+    if s.late_model_frames > 0 {
+        println!(
+            "model:         {} frames late (output as silence): this machine is too slow for \
+             the model; `--model rnnoise` is lighter",
+            s.late_model_frames
+        );
+    }
     println!(
         "listeners:     {}",
         if s.listeners { "yes" } else { "none" }

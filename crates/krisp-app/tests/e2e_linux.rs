@@ -255,7 +255,24 @@ fn listen_and_check(
 /// the audio servers' timing honest.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// What one end-to-end run covers: the engine's arguments, and whether the server restart,
+/// SIGKILL and clean-exit phases follow the recording (they do not depend on the model).
+struct Run<'a> {
+    kind: Kind,
+    args: &'a [&'a str],
+    faults: bool,
+}
+
 fn end_to_end(kind: Kind) {
+    end_to_end_with(Run {
+        kind,
+        args: &[],
+        faults: true,
+    })
+}
+
+fn end_to_end_with(run: Run) {
+    let kind = run.kind;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut server) = AudioServer::start(kind, 48_000, 1) else {
         return;
@@ -267,7 +284,9 @@ fn end_to_end(kind: Kind) {
     let _player = Player::start(&server, &wav);
     let played_since = std::time::Instant::now();
 
-    let mut krisp = Krisp::start(&server, &["--input", "fake_mic"]);
+    let mut args = vec!["--input", "fake_mic"];
+    args.extend_from_slice(run.args);
+    let mut krisp = Krisp::start(&server, &args);
     assert!(
         server.wait_for(Duration::from_secs(10), |s| s.source_count("krisp_mic")
             == 1),
@@ -315,6 +334,9 @@ fn end_to_end(kind: Kind) {
         ),
     }
 
+    if !run.faults {
+        return;
+    }
     // The audio server crashes and restarts: Krisp Microphone comes back by itself.
     server.restart();
     assert!(
@@ -357,6 +379,17 @@ fn end_to_end_on_pulseaudio() {
 #[test]
 fn end_to_end_on_pipewire() {
     end_to_end(Kind::PipeWire);
+}
+
+/// The high-quality model live: `krisp run --model dfn3` (DeepFilterNet3 on its worker
+/// thread), the same recording and checks as with RNNoise.
+#[test]
+fn end_to_end_with_deepfilternet3_on_pulseaudio() {
+    end_to_end_with(Run {
+        kind: Kind::PulseAudio,
+        args: &["--model", "dfn3"],
+        faults: false,
+    })
 }
 
 /// Microphones at other rates, and a mono microphone the server reports as stereo: the

@@ -235,6 +235,7 @@ mod tests {
                 underruns: 0,
                 overruns: 0,
                 drift_dropped: 0,
+                late_model_frames: 0,
                 input_rms: 0.0,
                 output_rms: 0.0,
                 vad: 0.0,

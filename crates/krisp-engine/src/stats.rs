@@ -93,6 +93,10 @@ pub struct StatsSnapshot {
     pub overruns: u64,
     /// Samples dropped to keep latency bounded when clocks drift.
     pub drift_dropped: u64,
+    /// Frames a worker-thread model (DeepFilterNet3) did not finish in time: each was output
+    /// as silence. Non-zero means the machine is too slow for the model; RNNoise is always 0.
+    #[serde(default)]
+    pub late_model_frames: u64,
     /// Input level (RMS, full scale 1.0).
     pub input_rms: f32,
     /// Output level (RMS); 0 while no program records from Krisp Microphone (the model idles).
@@ -160,6 +164,7 @@ impl Stats {
             underruns: i.underruns.load(r),
             overruns: i.overruns.load(r),
             drift_dropped: i.drift_dropped.load(r),
+            late_model_frames: self.dsp.late_frames(),
             input_rms,
             output_rms,
             vad,
