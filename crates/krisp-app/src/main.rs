@@ -122,6 +122,13 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Switch the running engine's model (crossfaded; remembered): rnnoise or dfn3.
+    Model {
+        /// Model name from models/manifest.toml.
+        name: String,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Show the running engine's state.
     Status {
         #[arg(long)]
@@ -225,6 +232,7 @@ fn main() -> ExitCode {
         Command::On { socket } => live::remote(Request::On, socket, false),
         Command::Off { socket } => live::remote(Request::Off, socket, false),
         Command::Status { socket, json } => live::remote(Request::Status, socket, json),
+        Command::Model { name, socket } => live::remote(Request::Model { name }, socket, false),
         Command::Login { email } => license::login(email),
         Command::Logout => license::logout(),
         Command::License { check, json } => license::show(check, json),

@@ -251,6 +251,38 @@ fn listen_and_check(
     Ok(())
 }
 
+/// `krisp model NAME` while a program records from Krisp Microphone: the engine crossfades
+/// from one model to the other, so the recording has no gap and the voice goes on.
+fn switch_model_while_recording(server: &AudioServer, krisp: &Krisp, to: &str) {
+    krisp.ctl(server, "on");
+    let (mic, out, _) = std::thread::scope(|sc| {
+        let h = sc.spawn(|| record_pair(server, "fake_mic", "krisp_mic", 6.0));
+        std::thread::sleep(Duration::from_secs(3));
+        krisp.ctl(server, &format!("model {to}"));
+        h.join().unwrap()
+    });
+    let st = krisp.status_json(server);
+    assert_eq!(st["model"], to, "{st}");
+    let gaps = zero_runs(&out[48_000..], 48);
+    let longest = gaps.iter().map(|g| g.1).max().unwrap_or(0);
+    eprintln!(
+        "switch to {to}: {} gaps, longest {longest}; late model frames {}",
+        gaps.len(),
+        st["stats"]["late_model_frames"]
+    );
+    assert!(
+        longest <= 1024,
+        "a gap of {longest} samples around the model switch"
+    );
+    // The voice continues after the switch (at the new model's delay).
+    for k in [1usize, 4] {
+        let w = 48_000 * k..48_000 * (k + 1);
+        let (_, c) = find_lag_in(&mic[w.clone()], &out[w.start..], 0, 9_600);
+        eprintln!("switch to {to}: second {k} correlation with the mic {c:.2}");
+        assert!(c > 0.5, "second {k}: voice lost around the switch ({c:.2})");
+    }
+}
+
 /// The two end-to-end runs share the machine's two cores; running them one at a time keeps
 /// the audio servers' timing honest.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -261,6 +293,8 @@ struct Run<'a> {
     kind: Kind,
     args: &'a [&'a str],
     faults: bool,
+    /// After the recording: switch to this model with `krisp model` while recording.
+    switch_to: Option<&'a str>,
 }
 
 fn end_to_end(kind: Kind) {
@@ -268,6 +302,7 @@ fn end_to_end(kind: Kind) {
         kind,
         args: &[],
         faults: true,
+        switch_to: None,
     })
 }
 
@@ -334,6 +369,9 @@ fn end_to_end_with(run: Run) {
         ),
     }
 
+    if let Some(to) = run.switch_to {
+        switch_model_while_recording(&server, &krisp, to);
+    }
     if !run.faults {
         return;
     }
@@ -389,6 +427,7 @@ fn end_to_end_with_deepfilternet3_on_pulseaudio() {
         kind: Kind::PulseAudio,
         args: &["--model", "dfn3"],
         faults: false,
+        switch_to: Some("rnnoise"),
     })
 }
 

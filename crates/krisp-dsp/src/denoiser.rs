@@ -69,7 +69,7 @@ pub struct Config {
     /// Length of the bypass and strength crossfades, at most 10 ms.
     pub crossfade_ms: f32,
     /// Run a model whose inference allocates (DeepFilterNet3) on a worker thread, so that
-    /// [`Denoiser::process`] stays allocation-free; costs one model frame (10 ms) of latency.
+    /// [`Denoiser::process`] stays allocation-free; costs two model frames (20 ms) of latency.
     /// For live audio; file processing runs faster than realtime and leaves it off.
     pub model_thread: bool,
 }

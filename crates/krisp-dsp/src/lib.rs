@@ -33,4 +33,4 @@ pub use denoiser::{
 };
 pub use error::{Error, ProcessError};
 pub use model::{DEFAULT_MODEL, FrameModel, Manifest, Model, ModelInfo, sha256_hex};
-pub use swap::{SwapReceiver, SwapSender, swap_channel};
+pub use swap::{FADE_MS, SwapReceiver, SwapSender, swap_channel};

@@ -3,8 +3,14 @@
 //! DeepFilterNet3's networks run on tract, which allocates its intermediate tensors on every
 //! call. The realtime thread must not, so with [`crate::Config::model_thread`] each frame is
 //! handed to a worker through a preallocated lock-free ring and the worker's result for the
-//! previous frame is taken back the same way: one frame (10 ms) of extra delay, and the
+//! frame [`HANDOFF`] frames earlier is taken back the same way: 20 ms of extra delay, and the
 //! realtime side only copies samples, stores atomics and wakes the worker.
+//!
+//! Why two frames and not one: capture delivers frames in bursts after the capture thread was
+//! descheduled (several 10 ms frames a few microseconds apart). With one frame of slack the
+//! worker then has microseconds, not milliseconds, for a frame: measured live on a loaded
+//! 2-core VM, 1–2 % of frames came back late (each a 10 ms gap). Two frames absorb a 20 ms
+//! burst.
 //!
 //! If the worker has not finished a frame in time (a machine too slow for the model), that
 //! frame's output is silence and [`ThreadedFrames::late_frames`] counts it; the stream keeps
@@ -21,6 +27,9 @@ use crate::FrameModel;
 
 /// Frames the rings can hold; more than this behind means the worker is hopelessly late.
 const RING_FRAMES: usize = 8;
+
+/// Frames in flight between the realtime thread and the worker: the extra delay, in frames.
+pub(crate) const HANDOFF: usize = 2;
 
 struct Shared {
     stop: AtomicBool,
@@ -43,11 +52,11 @@ impl ThreadedFrames {
     /// Moves `inner` to a new worker thread. Allocates and spawns; call off the realtime thread.
     pub(crate) fn spawn(inner: Box<dyn FrameModel>) -> std::io::Result<ThreadedFrames> {
         let frame = inner.frame_size();
-        let delay = inner.delay() + frame;
+        let delay = inner.delay() + HANDOFF * frame;
         let (to_worker, mut worker_in) = HeapRb::<f32>::new(RING_FRAMES * frame).split();
         let (mut worker_out, from_worker) = HeapRb::<f32>::new(RING_FRAMES * frame).split();
-        // One frame of silence in flight: the realtime side always takes the previous result.
-        worker_out.push_iter(std::iter::repeat_n(0.0, frame));
+        // Frames of silence in flight: the realtime side takes the result of HANDOFF frames ago.
+        worker_out.push_iter(std::iter::repeat_n(0.0, HANDOFF * frame));
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             vad: AtomicU32::new(0),

@@ -209,3 +209,91 @@ fn a_checksummed_file_that_is_not_a_dfn3_archive_is_refused_as_unloadable() {
     assert!(matches!(err, Error::ModelLoad { .. }), "{err}");
     assert!(err.to_string().contains("cut.tar.gz"), "{err}");
 }
+
+/// Switching model while audio flows (`SwapReceiver::process`): RNNoise → DeepFilterNet3 →
+/// RNNoise on one stream of speech in real noise, 10 ms blocks as the engine delivers them.
+/// The output never falls silent or jumps at a switch, and after each switch it is the new
+/// model's output at the new model's delay.
+#[test]
+fn switching_model_mid_stream_crossfades_without_a_gap_or_click() {
+    use krisp_dsp::{FADE_MS, swap_channel};
+    let (clean, noisy) = noisy_speech(6.0, 5.0);
+    let cfg = Config::new(48_000, 1);
+    let rnn = Denoiser::new(&cfg, &Model::builtin()).unwrap();
+    let handle = rnn.handle();
+    let (lat_rnn, lat_dfn) = (
+        rnn.latency(),
+        Denoiser::new(&cfg, dfn3()).unwrap().latency(),
+    );
+    let (mut ctl, mut rt) = swap_channel(rnn);
+    let mut out = vec![0.0f32; noisy.len()];
+    let (to_dfn, to_rnn) = (2 * 48_000, 4 * 48_000);
+    for (k, (i, o)) in noisy.chunks(480).zip(out.chunks_mut(480)).enumerate() {
+        let at = k * 480;
+        if at == to_dfn {
+            let d = Denoiser::with_handle(&cfg, dfn3(), handle.clone()).unwrap();
+            assert!(ctl.offer(d).is_ok());
+        }
+        if at == to_rnn {
+            assert!(!rt.switching(), "the first switch finished");
+            let r = Denoiser::with_handle(&cfg, &Model::builtin(), handle.clone()).unwrap();
+            assert!(
+                ctl.offer(r).is_ok(),
+                "the old model was handed back for freeing"
+            );
+        }
+        rt.process(i, o).unwrap();
+    }
+    assert!(
+        ctl.collect(),
+        "the DeepFilterNet3 denoiser came back to be freed"
+    );
+
+    // Each stretch is the model's output at its delay: aligned to the clean speech there.
+    let stretch = |from: usize, to: usize| -> (i64, f64) {
+        let (lag, _) = best_lag(&clean[from..to], &out[from..], 0..3000);
+        let l = lag as usize;
+        (lag, si_sdr(&clean[from..to], &out[from + l..to + l]))
+    };
+    let (l1, q1) = stretch(24_000, to_dfn - 4_800);
+    let (l2, q2) = stretch(to_dfn + 4_800, to_rnn - 4_800);
+    let (l3, q3) = stretch(to_rnn + 4_800, noisy.len() - 4_800);
+    eprintln!("rnnoise lag {l1} SI-SDR {q1:.1}; dfn3 lag {l2} {q2:.1}; rnnoise again {l3} {q3:.1}");
+    // (RNNoise's output peaks a sample or two early against clean speech: its gains smear.)
+    let near = |lag: i64, want: usize| (lag - want as i64).abs() <= 4;
+    assert!(
+        near(l1, lat_rnn) && near(l3, lat_rnn),
+        "rnnoise delay {lat_rnn}"
+    );
+    assert!(near(l2, lat_dfn), "dfn3 delay {lat_dfn}");
+    assert!(
+        q2 > q1 + 2.0,
+        "dfn3 {q2:.1} dB after the switch vs rnnoise {q1:.1}"
+    );
+
+    // Around each switch (pre-roll + fade): no gap, no step beyond the signal's own.
+    let step = |s: &[f32]| {
+        s.windows(2)
+            .map(|w| (w[1] - w[0]).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let fade = (FADE_MS * 48.0) as usize;
+    let elsewhere = step(&out[24_000..to_dfn])
+        .max(step(&out[to_dfn + lat_dfn + fade + 4_800..to_rnn]))
+        .max(step(&out[to_rnn + 9_600..]));
+    for (at, warm) in [(to_dfn, lat_dfn), (to_rnn, lat_rnn)] {
+        let around = &out[at..at + warm + fade + 4_800];
+        assert!(longest_zero_run(around) < 48, "gap at the switch at {at}");
+        assert!(
+            step(around) <= elsewhere * 1.1,
+            "click at the switch at {at}: step {} vs {elsewhere}",
+            step(around)
+        );
+        // No dip in level: the fade region carries about the energy of the speech under it.
+        let n = warm + fade;
+        let ratio = energy(&out[at..at + n]) / energy(&clean[at..at + n]).max(1e-9);
+        let before = energy(&out[at - n..at]) / energy(&clean[at - n..at]).max(1e-9);
+        eprintln!("switch at {at}: output/speech energy {ratio:.2} (before: {before:.2})");
+        assert!(ratio > before * 0.3, "level dip at the switch at {at}");
+    }
+}

@@ -22,6 +22,8 @@ pub(crate) struct StatsInner {
     pub listeners: AtomicBool,
     pub restarts: AtomicU64,
     pub latency_samples: AtomicU64,
+    /// The model's part of `latency_samples` (it changes when the model is switched).
+    pub model_latency: AtomicU64,
     /// The drift controller's correction of the shared ring's resampler, ppm.
     pub drift_ppm: AtomicI64,
     /// Set once when the output is the shared ring.
