@@ -57,5 +57,37 @@ fn second_of_audio(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, frame_48k_mono, second_of_audio);
+/// DeepFilterNet3 next to RNNoise in the same run: one 10 ms frame at 48 kHz mono through the
+/// full Denoiser, for each model (the ratio dfn3 / rnnoise is the cost of the better model).
+fn frame_48k_mono_dfn3(c: &mut Criterion) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    let dfn3 = krisp_dsp::Manifest::load(&dir)
+        .and_then(|m| m.load_model("dfn3"))
+        .expect("models/ with the dfn3 entry");
+    let x = test_signal(48_000, 1.0);
+    let mut g = c.benchmark_group("frame_48k_mono_models");
+    g.throughput(Throughput::Elements(480));
+    for (name, model) in [("rnnoise", Model::builtin()), ("dfn3", dfn3)] {
+        let mut cfg = Config::new(48_000, 1);
+        cfg.framing = Framing::Chunked;
+        let mut dn = Denoiser::new(&cfg, &model).unwrap();
+        let mut out = vec![0.0f32; 480];
+        let mut i = 0;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let s = (i % 99) * 480;
+                i += 1;
+                dn.process(black_box(&x[s..s + 480]), &mut out).unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    frame_48k_mono,
+    second_of_audio,
+    frame_48k_mono_dfn3
+);
 criterion_main!(benches);

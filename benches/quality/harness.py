@@ -289,11 +289,15 @@ class Krisp:
     name = "krisp denoise (ours)"
     key = "krisp"
 
-    def __init__(self, binary: str, extra: list[str], workdir: Path):
+    def __init__(self, binary: str, extra: list[str], workdir: Path, variant: list[str] | None = None):
         self.bin = binary
-        self.extra = extra
+        self.extra = extra + (["--model", *variant] if variant else [])
         self.workdir = workdir
         self.startup = None  # (duration s, cpu s) of the short calibration file
+        if variant:
+            # First variant keeps the plain "krisp" key (the RNNoise default); others get their own.
+            self.name = f"krisp --model {' '.join(variant)} (ours)"
+            self.key = "krisp_" + "_".join(x.lstrip("-") for x in variant)
 
     def argv(self, inp: Path, out: Path) -> list[str]:
         return [self.bin, "denoise", str(inp), str(out), *self.extra]
@@ -414,20 +418,23 @@ def fmt(v, nd=2, sign=False):
 
 def table(rows: list[Row]) -> str:
     ref = next((r for r in rows if r.key == "rnnoise" and r.cpu_net_per_s), None)
+    dref = next((r for r in rows if r.key == "dfn3" and r.cpu_net_per_s), None)
     hdr = ("| system | delay ms (samples) | PESQ-WB | STOI | SI-SDR dB | ΔSI-SDR dB | DNSMOS OVRL | SIG | BAK "
-           "| CPU s/s (gross) | CPU s/s (net) | CPU ÷ RNNoise |")
-    sep = "|" + "---|" * 12
+           "| CPU s/s (gross) | CPU s/s (net) | CPU ÷ RNNoise | CPU ÷ DFN3 (libDF) |")
+    sep = "|" + "---|" * 13
     out = [hdr, sep]
     for r in rows:
-        ratio = None
+        ratio = dratio = None
         if ref and r.cpu_net_per_s is not None:
             ratio = r.cpu_net_per_s / ref.cpu_net_per_s
+        if dref and r.cpu_net_per_s is not None:
+            dratio = r.cpu_net_per_s / dref.cpu_net_per_s
         s = r.scores
         out.append("| " + " | ".join([
             r.system + (" ⚠" if r.note else ""), f"{r.delay_ms:.2f} ({r.delay_frac:+.2f})", fmt(s["pesq"]), fmt(s["stoi"], 3),
             fmt(s["sisdr"], 1), fmt(r.sisdr_gain, 1, sign=True) if r.key != "noisy" else "—",
             fmt(s["ovrl"]), fmt(s["sig"]), fmt(s["bak"]),
-            fmt(r.cpu_per_s, 4), fmt(r.cpu_net_per_s, 4), fmt(ratio, 2),
+            fmt(r.cpu_per_s, 4), fmt(r.cpu_net_per_s, 4), fmt(ratio, 2), fmt(dratio, 2),
         ]) + " |")
     notes = [f"- ⚠ {r.system}: {r.note}" for r in rows if r.note]
     return "\n".join(out + ([""] + notes if notes else []))
@@ -435,8 +442,9 @@ def table(rows: list[Row]) -> str:
 
 def summary(results: dict, noise_names: list[str], keys: list[tuple[str, str]]) -> str:
     """Mean over the SNRs, per noise type and system."""
-    hdr = ("| noise | system | PESQ-WB | STOI | SI-SDR dB | ΔSI-SDR dB | DNSMOS OVRL | CPU s/s (net) | CPU ÷ RNNoise |")
-    out = [hdr, "|" + "---|" * 9]
+    hdr = ("| noise | system | PESQ-WB | STOI | SI-SDR dB | ΔSI-SDR dB | DNSMOS OVRL | CPU s/s (net) | CPU ÷ RNNoise "
+           "| CPU ÷ DFN3 (libDF) |")
+    out = [hdr, "|" + "---|" * 10]
     for nz in noise_names:
         conds = [results[(nz, snr)] for snr in SNRS_DB if (nz, snr) in results]
         ref_cpu = None
@@ -452,11 +460,13 @@ def summary(results: dict, noise_names: list[str], keys: list[tuple[str, str]]) 
                         m(lambda r: r.scores["ovrl"]), cpu)
         if "rnnoise" in per:
             ref_cpu = per["rnnoise"][6]
+        dref_cpu = per["dfn3"][6] if "dfn3" in per else None
         for key, (name, pq, st, sd, gain, ov, cpu) in per.items():
             ratio = cpu / ref_cpu if (cpu is not None and ref_cpu) else None
+            dratio = cpu / dref_cpu if (cpu is not None and dref_cpu) else None
             out.append(f"| {nz} | {name} | {fmt(pq)} | {fmt(st, 3)} | {fmt(sd, 1)} | "
                        f"{fmt(gain, 1, sign=True) if key != 'noisy' else '—'} | {fmt(ov)} | "
-                       f"{fmt(cpu, 4)} | {fmt(ratio, 2)} |")
+                       f"{fmt(cpu, 4)} | {fmt(ratio, 2)} | {fmt(dratio, 2)} |")
     return "\n".join(out)
 
 
@@ -502,6 +512,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--krisp-bin", required=True, help="path of the krisp binary")
     ap.add_argument("--krisp-args", default="", help="extra arguments for `krisp denoise`, e.g. '--strength 20'")
+    ap.add_argument("--krisp-models", default="rnnoise;dfn3;dfn3 --lookahead 1",
+                    help="';'-separated krisp variants, each 'MODEL [more denoise options]'; one row each. "
+                         "The first is the `krisp` row (contract checks, delay check)")
     ap.add_argument("--audio-dir", required=True, type=Path, help="shared/audio directory")
     ap.add_argument("--work-dir", required=True, type=Path, help="where the generated WAVs go")
     ap.add_argument("--report", type=Path, help="write the Markdown report here")
@@ -528,11 +541,18 @@ def main() -> int:
     dur = n / SR
     print(f"clean utterance: {dur:.2f} s from {', '.join(speech_files)}", flush=True)
 
-    krisp = Krisp(a.krisp_bin, shlex.split(a.krisp_args), a.work_dir)
-    t0 = time.time()
-    startup_cpu = krisp.calibrate(np.random.default_rng(SEED + 1))
-    print(f"krisp startup calibration: {startup_cpu * 1000:.1f} ms CPU for a 0.5 s file "
-          f"({time.time() - t0:.1f} s wall)", flush=True)
+    variants = [shlex.split(v) for v in a.krisp_models.split(";") if v.strip()]
+    krisps = [Krisp(a.krisp_bin, shlex.split(a.krisp_args), a.work_dir, v) for v in variants] \
+        or [Krisp(a.krisp_bin, shlex.split(a.krisp_args), a.work_dir)]
+    krisps[0].key = "krisp"
+    krisp = krisps[0]
+    startups = {}
+    for k in krisps:
+        t0 = time.time()
+        startups[k.key] = k.calibrate(np.random.default_rng(SEED + 1))
+        print(f"{k.name} startup calibration: {startups[k.key] * 1000:.1f} ms CPU for a 0.5 s file "
+              f"({time.time() - t0:.1f} s wall)", flush=True)
+    startup_cpu = startups["krisp"]
     contract = contract_checks(krisp, np.random.default_rng(SEED + 2))
     for c in contract:
         print(f"contract {c[0]:28s} {c[1]:4s} {c[2]}", flush=True)
@@ -544,7 +564,7 @@ def main() -> int:
     d = scorer._dnsmos.run(np.clip(resample_poly(clean, 1, 3), -1, 1).astype(np.float32), 16000)
     clean_mos = (float(d["ovrl_mos"]), float(d["sig_mos"]), float(d["bak_mos"]))
     print("DNSMOS of the clean reference: OVRL %.2f SIG %.2f BAK %.2f" % clean_mos, flush=True)
-    systems = [("noisy", "noisy input (baseline)"), ("krisp", Krisp.name)] + [(r.key, r.name) for r in refs]
+    systems = [("noisy", "noisy input (baseline)")] + [(k.key, k.name) for k in krisps] + [(r.key, r.name) for r in refs]
     results: dict = {}
     for nz in noise_names:
         for snr in SNRS_DB:
@@ -563,7 +583,8 @@ def main() -> int:
             noisy_q = sf.read(str(inp), dtype="float64")[0]  # what every system actually gets
             print(f"\n== {nz}, SNR {snr:g} dB", flush=True)
             runs = {"noisy": Run(noisy_q, None, None)}
-            runs["krisp"] = krisp.process_file(inp, a.work_dir / f"{tag}_krisp.wav", n, a.repeats)
+            for k in krisps:
+                runs[k.key] = k.process_file(inp, a.work_dir / f"{tag}_{k.key}.wav", n, a.repeats)
             for r in refs:
                 rr = [r.process(noisy_q.astype(np.float32)) for _ in range(a.repeats)]
                 runs[r.key] = rr[0]
@@ -581,7 +602,7 @@ def main() -> int:
                           None if run.cpu_s is None else run.cpu_s / dur,
                           None if run.cpu_net_s is None else run.cpu_net_s / dur, run.note)
                 row.delay_frac = lag_frac
-                if key == "krisp" and abs(lag) > 1:
+                if key.startswith("krisp") and abs(lag) > 1:
                     extra = (f"output is {1000.0 * lag / SR:.2f} ms ({lag} samples) late vs. input "
                              "(contract: time-aligned)")
                     row.note = "; ".join(x for x in (row.note, extra) if x)
@@ -608,6 +629,7 @@ def main() -> int:
     lines.append(f"| repo commit | {git_rev(a.repo_root)} |")
     lines.append(f"| krisp version | {krisp_version(a.krisp_bin)} |")
     lines.append(f"| krisp binary | `{a.krisp_bin}` {('args `' + a.krisp_args + '`') if a.krisp_args else '(default options)'} |")
+    lines.append(f"| krisp variants | " + "; ".join(f"`{k.name}`" for k in krisps) + " |")
     lines.append(f"| machine | {mi['nproc']} CPUs (nproc), {mi['cpu']}; {mi['os']}; Python {mi['python']} |")
     lines.append("| packages | " + ", ".join(f"{k} {v}" for k, v in pkg_versions().items()) + " |")
     lines.append(f"| wall time | {wall:.0f} s for the whole run |")

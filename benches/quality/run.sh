@@ -3,6 +3,8 @@
 # Usage: bash benches/quality/run.sh [extra harness.py options]
 # Env:   KRISP_BIN           krisp binary to test (default: cargo build --release -p krisp-app)
 #        KRISP_ARGS          extra arguments for `krisp denoise` (e.g. "--strength 20")
+#        KRISP_MODELS        ';'-separated krisp rows, each "MODEL [options]"
+#                            (default "rnnoise;dfn3;dfn3 --lookahead 1")
 #        KRISP_SHARED_AUDIO  test audio directory (default: <repo>/../shared/audio)
 #        QUALITY_REPORT      report path (default: <repo>/docs/quality.md; "-" = don't write)
 #        QUALITY_WORK        directory for the generated WAVs (default: benches/quality/work)
@@ -45,9 +47,11 @@ REPORT_ARGS=()
 # The command as a person would retype it, recorded in the report.
 CMD="bash benches/quality/run.sh $*"
 [ -n "${KRISP_ARGS:-}" ] && CMD="KRISP_ARGS='$KRISP_ARGS' $CMD"
+[ -n "${KRISP_MODELS:-}" ] && CMD="KRISP_MODELS='$KRISP_MODELS' $CMD"
 
 # 3. Run (offline: every model used is a file inside an installed wheel).
 exec "$VENV/bin/python" "$HERE/harness.py" \
     --krisp-bin "$KRISP_BIN" --krisp-args "${KRISP_ARGS:-}" \
+    --krisp-models "${KRISP_MODELS:-rnnoise;dfn3;dfn3 --lookahead 1}" \
     --audio-dir "$AUDIO" --work-dir "$WORK" --repo-root "$ROOT" \
     --command "$CMD" "${REPORT_ARGS[@]}" "$@"

@@ -17,6 +17,8 @@ pub struct Args {
     pub output: PathBuf,
     pub strength_db: f32,
     pub model: String,
+    /// DeepFilterNet3 look-ahead in hops; `None` = the model's default.
+    pub lookahead: Option<usize>,
     pub models_dir: Option<PathBuf>,
     pub quiet: bool,
 }
@@ -59,7 +61,10 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     let manifest = find_manifest(args.models_dir.as_deref())?;
-    let model = manifest.load_model(&args.model)?;
+    let mut model = manifest.load_model(&args.model)?;
+    if let Some(hops) = args.lookahead {
+        model = model.with_lookahead(hops);
+    }
     let audio = wav::read(&args.input)?;
     let rate = audio.spec.sample_rate;
     let channels = audio.spec.channels as usize;

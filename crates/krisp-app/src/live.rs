@@ -17,6 +17,8 @@ pub struct RunArgs {
     pub input: Option<String>,
     pub strength: Option<f32>,
     pub model: Option<String>,
+    /// DeepFilterNet3 look-ahead in hops; `None` = the model's default.
+    pub lookahead: Option<usize>,
     pub models_dir: Option<PathBuf>,
     pub off: bool,
     pub socket: Option<PathBuf>,
@@ -82,7 +84,10 @@ impl Session {
             settings.enabled = false;
         }
         let manifest = crate::denoise::find_manifest(args.models_dir.as_deref())?;
-        let model = manifest.load_model(&settings.model)?;
+        let mut model = manifest.load_model(&settings.model)?;
+        if let Some(hops) = args.lookahead {
+            model = model.with_lookahead(hops);
+        }
         let mut cfg = EngineConfig::new(model);
         cfg.input = settings.input.clone();
         cfg.enabled = settings.enabled;
@@ -127,6 +132,7 @@ impl Session {
             status.clone(),
             show_hook.clone(),
         );
+        let models_dir = args.models_dir.clone();
         let server = socket::Server::start(&path, move |req| {
             let mut error = None;
             match req {
@@ -136,6 +142,11 @@ impl Session {
                 Request::Input { name } => {
                     if let Err(e) = switch_input(&control2, name) {
                         error = Some(e.to_string());
+                    }
+                }
+                Request::Model { name } => {
+                    if let Err(e) = switch_model(&control2, models_dir.as_deref(), &name) {
+                        error = Some(format!("{e:#}"));
                     }
                 }
                 Request::Show => match hook2.get() {
@@ -152,6 +163,7 @@ impl Session {
                 strength_db: control2.strength_db(),
                 status: status2.get().1,
                 input: control2.input(),
+                model: control2.model(),
                 stats: stats2.snapshot(),
                 extra: license.lock().map(|l| l.lines()).unwrap_or_default(),
             }
@@ -189,6 +201,23 @@ pub fn switch_input(control: &Control, name: Option<String>) -> Result<()> {
     control.set_input(name.clone())?;
     let (mut s, _) = Settings::load();
     s.input = name;
+    s.save()
+        .context("switched, but could not save the choice")?;
+    Ok(())
+}
+
+/// Loads model `name` from the manifest, hands it to the running engine (which crossfades to
+/// it) and remembers the choice.
+pub fn switch_model(
+    control: &Control,
+    models_dir: Option<&std::path::Path>,
+    name: &str,
+) -> Result<()> {
+    let manifest = crate::denoise::find_manifest(models_dir)?;
+    let model = manifest.load_model(name)?;
+    control.set_model(model);
+    let (mut s, _) = Settings::load();
+    s.model = name.to_string();
     s.save()
         .context("switched, but could not save the choice")?;
     Ok(())
@@ -279,6 +308,9 @@ fn print_status(r: &Response) {
         }
     );
     println!("strength:      {} dB", r.strength_db);
+    if !r.model.is_empty() {
+        println!("model:         {}", r.model);
+    }
     println!("audio path:    {}", r.status);
     match &s.ring {
         Some(ring) => println!(
@@ -319,6 +351,13 @@ fn print_status(r: &Response) {
         "xruns:         {} underruns, {} overruns, {} samples dropped for drift; {} restarts",
         s.underruns, s.overruns, s.drift_dropped, s.restarts
     );
+    if s.late_model_frames > 0 {
+        println!(
+            "model:         {} frames late (output as silence): this machine is too slow for \
+             the model; `--model rnnoise` is lighter",
+            s.late_model_frames
+        );
+    }
     println!(
         "listeners:     {}",
         if s.listeners { "yes" } else { "none" }

@@ -39,9 +39,13 @@ enum Command {
         /// Attenuation limit in dB: 0 leaves the input untouched, 100 (default) is full removal.
         #[arg(long, default_value_t = krisp_dsp::FULL_STRENGTH_DB)]
         strength: f32,
-        /// Model name from models/manifest.toml.
+        /// Model name from models/manifest.toml: rnnoise (default, light) or dfn3 (DeepFilterNet3).
         #[arg(long, default_value = krisp_dsp::DEFAULT_MODEL)]
         model: String,
+        /// DeepFilterNet3 look-ahead in 10 ms hops (0–2, default 2 = 30 ms delay); less look-ahead,
+        /// less delay, a little less quality. Ignored by RNNoise.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
+        lookahead: Option<u8>,
         /// Folder holding manifest.toml and weight files (default: installed or built-in).
         #[arg(long, env = "KRISP_MODELS_DIR")]
         models_dir: Option<PathBuf>,
@@ -64,9 +68,13 @@ enum Command {
         /// Attenuation limit in dB (remembered).
         #[arg(long)]
         strength: Option<f32>,
-        /// Model name (remembered).
+        /// Model name (remembered): rnnoise or dfn3.
         #[arg(long)]
         model: Option<String>,
+        /// DeepFilterNet3 look-ahead in 10 ms hops (0–2, default 2 = 30 ms delay); less look-ahead,
+        /// less delay, a little less quality. Ignored by RNNoise.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
+        lookahead: Option<u8>,
         /// Folder holding manifest.toml and weight files.
         #[arg(long, env = "KRISP_MODELS_DIR")]
         models_dir: Option<PathBuf>,
@@ -114,6 +122,13 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Switch the running engine's model (crossfaded; remembered): rnnoise or dfn3.
+    Model {
+        /// Model name from models/manifest.toml.
+        name: String,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Show the running engine's state.
     Status {
         #[arg(long)]
@@ -149,6 +164,7 @@ fn main() -> ExitCode {
         input: None,
         strength: None,
         model: None,
+        lookahead: None,
         models_dir: std::env::var_os("KRISP_MODELS_DIR").map(PathBuf::from),
         off: false,
         capture_frames: None,
@@ -164,6 +180,7 @@ fn main() -> ExitCode {
             output,
             strength,
             model,
+            lookahead,
             models_dir,
             quiet,
         } => denoise::run(&denoise::Args {
@@ -171,6 +188,7 @@ fn main() -> ExitCode {
             output,
             strength_db: strength,
             model,
+            lookahead: lookahead.map(usize::from),
             models_dir,
             quiet,
         }),
@@ -180,6 +198,7 @@ fn main() -> ExitCode {
             input,
             strength,
             model,
+            lookahead,
             models_dir,
             off,
             capture_frames,
@@ -193,6 +212,7 @@ fn main() -> ExitCode {
                 input,
                 strength,
                 model,
+                lookahead: lookahead.map(usize::from),
                 models_dir,
                 off,
                 socket,
@@ -212,6 +232,7 @@ fn main() -> ExitCode {
         Command::On { socket } => live::remote(Request::On, socket, false),
         Command::Off { socket } => live::remote(Request::Off, socket, false),
         Command::Status { socket, json } => live::remote(Request::Status, socket, json),
+        Command::Model { name, socket } => live::remote(Request::Model { name }, socket, false),
         Command::Login { email } => license::login(email),
         Command::Logout => license::logout(),
         Command::License { check, json } => license::show(check, json),

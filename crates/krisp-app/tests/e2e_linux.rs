@@ -251,11 +251,63 @@ fn listen_and_check(
     Ok(())
 }
 
+/// `krisp model NAME` while a program records from Krisp Microphone: the engine crossfades
+/// from one model to the other, so the recording has no gap and the voice goes on.
+fn switch_model_while_recording(server: &AudioServer, krisp: &Krisp, to: &str) {
+    krisp.ctl(server, "on");
+    let (mic, out, _) = std::thread::scope(|sc| {
+        let h = sc.spawn(|| record_pair(server, "fake_mic", "krisp_mic", 6.0));
+        std::thread::sleep(Duration::from_secs(3));
+        krisp.ctl(server, &format!("model {to}"));
+        h.join().unwrap()
+    });
+    let st = krisp.status_json(server);
+    assert_eq!(st["model"], to, "{st}");
+    let gaps = zero_runs(&out[48_000..], 48);
+    let longest = gaps.iter().map(|g| g.1).max().unwrap_or(0);
+    eprintln!(
+        "switch to {to}: {} gaps, longest {longest}; late model frames {}",
+        gaps.len(),
+        st["stats"]["late_model_frames"]
+    );
+    assert!(
+        longest <= 1024,
+        "a gap of {longest} samples around the model switch"
+    );
+    // The voice continues after the switch (at the new model's delay).
+    for k in [1usize, 4] {
+        let w = 48_000 * k..48_000 * (k + 1);
+        let (_, c) = find_lag_in(&mic[w.clone()], &out[w.start..], 0, 9_600);
+        eprintln!("switch to {to}: second {k} correlation with the mic {c:.2}");
+        assert!(c > 0.5, "second {k}: voice lost around the switch ({c:.2})");
+    }
+}
+
 /// The two end-to-end runs share the machine's two cores; running them one at a time keeps
 /// the audio servers' timing honest.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// What one end-to-end run covers: the engine's arguments, and whether the server restart,
+/// SIGKILL and clean-exit phases follow the recording (they do not depend on the model).
+struct Run<'a> {
+    kind: Kind,
+    args: &'a [&'a str],
+    faults: bool,
+    /// After the recording: switch to this model with `krisp model` while recording.
+    switch_to: Option<&'a str>,
+}
+
 fn end_to_end(kind: Kind) {
+    end_to_end_with(Run {
+        kind,
+        args: &[],
+        faults: true,
+        switch_to: None,
+    })
+}
+
+fn end_to_end_with(run: Run) {
+    let kind = run.kind;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut server) = AudioServer::start(kind, 48_000, 1) else {
         return;
@@ -267,7 +319,9 @@ fn end_to_end(kind: Kind) {
     let _player = Player::start(&server, &wav);
     let played_since = std::time::Instant::now();
 
-    let mut krisp = Krisp::start(&server, &["--input", "fake_mic"]);
+    let mut args = vec!["--input", "fake_mic"];
+    args.extend_from_slice(run.args);
+    let mut krisp = Krisp::start(&server, &args);
     assert!(
         server.wait_for(Duration::from_secs(10), |s| s.source_count("krisp_mic")
             == 1),
@@ -315,6 +369,12 @@ fn end_to_end(kind: Kind) {
         ),
     }
 
+    if let Some(to) = run.switch_to {
+        switch_model_while_recording(&server, &krisp, to);
+    }
+    if !run.faults {
+        return;
+    }
     // The audio server crashes and restarts: Krisp Microphone comes back by itself.
     server.restart();
     assert!(
@@ -357,6 +417,18 @@ fn end_to_end_on_pulseaudio() {
 #[test]
 fn end_to_end_on_pipewire() {
     end_to_end(Kind::PipeWire);
+}
+
+/// The high-quality model live: `krisp run --model dfn3` (DeepFilterNet3 on its worker
+/// thread), the same recording and checks as with RNNoise.
+#[test]
+fn end_to_end_with_deepfilternet3_on_pulseaudio() {
+    end_to_end_with(Run {
+        kind: Kind::PulseAudio,
+        args: &["--model", "dfn3"],
+        faults: false,
+        switch_to: Some("rnnoise"),
+    })
 }
 
 /// Microphones at other rates, and a mono microphone the server reports as stereo: the

@@ -27,15 +27,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use nnnoiseless::DenoiseState;
 use rubato::audioadapter_buffers::direct::SequentialSliceOfVecs;
 use rubato::{Fft, FixedSync, Resampler};
 
-use crate::{Error, Model, ProcessError};
+use crate::{Error, FrameModel, Model, ProcessError};
 
-/// Sample rate of the RNNoise model.
+/// Sample rate every model runs at.
 pub const MODEL_RATE: u32 = 48_000;
-/// Samples per model frame at [`MODEL_RATE`] (10 ms).
+/// Samples per model frame at [`MODEL_RATE`] (10 ms), for RNNoise and DeepFilterNet3 alike.
 pub const MODEL_FRAME: usize = nnnoiseless::FRAME_SIZE;
 /// Most channels a denoiser accepts.
 pub const MAX_CHANNELS: usize = 8;
@@ -46,7 +45,6 @@ pub const MIN_RATE: u32 = 8_000;
 /// Highest supported input rate.
 pub const MAX_RATE: u32 = 192_000;
 
-const I16_SCALE: f32 = 32768.0;
 const DENORMAL_FLOOR: f32 = 1e-20;
 
 /// How the caller delivers blocks to [`Denoiser::process`].
@@ -70,6 +68,10 @@ pub struct Config {
     pub framing: Framing,
     /// Length of the bypass and strength crossfades, at most 10 ms.
     pub crossfade_ms: f32,
+    /// Run a model whose inference allocates (DeepFilterNet3) on a worker thread, so that
+    /// [`Denoiser::process`] stays allocation-free; costs two model frames (20 ms) of latency.
+    /// For live audio; file processing runs faster than realtime and leaves it off.
+    pub model_thread: bool,
 }
 
 impl Config {
@@ -80,6 +82,7 @@ impl Config {
             channels,
             framing: Framing::Any,
             crossfade_ms: 5.0,
+            model_thread: false,
         }
     }
 }
@@ -93,6 +96,7 @@ struct Shared {
     output_rms: AtomicU32,
     frames: AtomicU64,
     nonfinite_chunks: AtomicU64,
+    late_frames: AtomicU64,
 }
 
 /// Lock-free controls and meters of a [`Denoiser`]; cheap to clone, safe from any thread.
@@ -109,6 +113,7 @@ impl Default for Handle {
             output_rms: AtomicU32::new(0),
             frames: AtomicU64::new(0),
             nonfinite_chunks: AtomicU64::new(0),
+            late_frames: AtomicU64::new(0),
         }))
     }
 }
@@ -153,6 +158,11 @@ impl Handle {
     /// Input frames processed so far.
     pub fn frames_processed(&self) -> u64 {
         self.0.frames.load(Ordering::Relaxed)
+    }
+    /// Model frames a worker-thread model (see [`Config::model_thread`]) did not finish in time,
+    /// output as silence; always 0 for models run inline.
+    pub fn late_frames(&self) -> u64 {
+        self.0.late_frames.load(Ordering::Relaxed)
     }
     /// Chunks that contained NaN or Inf and were replaced by silence.
     pub fn nonfinite_chunks(&self) -> u64 {
@@ -292,7 +302,8 @@ pub struct Denoiser {
     framing: Framing,
     plan: Plan,
     latency: usize,
-    states: Vec<Box<DenoiseState<'static>>>,
+    states: Vec<Box<dyn FrameModel>>,
+    threaded: bool,
     rs_in: Option<Fft<f32>>,
     rs_out: Option<Fft<f32>>,
     in_buf: Vec<Vec<f32>>,
@@ -381,9 +392,31 @@ impl Denoiser {
             Framing::Any => plan.chunk - 1,
             Framing::Chunked => 0,
         };
+        let threaded = config.model_thread && model.is_dfn3();
+        let states = (0..ch)
+            .map(|_| {
+                let fm = model.frame_model()?;
+                if !threaded {
+                    return Ok(fm);
+                }
+                crate::threaded::ThreadedFrames::spawn(fm)
+                    .map(|t| Box::new(t) as Box<dyn FrameModel>)
+                    .map_err(|e| Error::ModelLoad {
+                        path: model.info().file.clone().into(),
+                        reason: format!("cannot start the model thread: {e}"),
+                    })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        if states.iter().any(|s| s.frame_size() != MODEL_FRAME) {
+            return Err(Error::ModelLoad {
+                path: model.info().file.clone().into(),
+                reason: format!("frame size is not {MODEL_FRAME} samples"),
+            });
+        }
+        let model_delay = states[0].delay();
         let d_in = rs_in.as_ref().map_or(0, |r| r.output_delay());
         let d_out = rs_out.as_ref().map_or(0, |r| r.output_delay());
-        let model_part = ((d_in + MODEL_FRAME) as f64 * config.sample_rate as f64
+        let model_part = ((d_in + model_delay) as f64 * config.sample_rate as f64
             / MODEL_RATE as f64)
             .round() as usize;
         let latency = pre + d_out + model_part;
@@ -394,16 +427,6 @@ impl Denoiser {
         let out_cap = rs_out
             .as_ref()
             .map_or(plan.chunk, |r| r.output_frames_max().max(plan.chunk));
-        let mut states: Vec<_> = (0..ch)
-            .map(|_| DenoiseState::from_model(model.rnn.clone()))
-            .collect();
-        // The first process_frame in a process initialises shared tables; do it here. Silence
-        // leaves the model's state as new.
-        let zeros = [0.0f32; MODEL_FRAME];
-        let mut scratch = [0.0f32; MODEL_FRAME];
-        for st in states.iter_mut() {
-            st.process_frame(&mut scratch, &zeros);
-        }
         let crossfade =
             (config.crossfade_ms.clamp(0.1, 10.0) / 1000.0 * config.sample_rate as f32).max(1.0);
         let mut wet: Vec<Fifo> = (0..ch)
@@ -427,6 +450,7 @@ impl Denoiser {
             plan,
             latency,
             states,
+            threaded,
             rs_in,
             rs_out,
             in_buf: vec![vec![0.0; plan.chunk]; ch],
@@ -620,22 +644,20 @@ impl Denoiser {
 
         let mut vad = 0.0f32;
         for c in 0..ch {
-            let mid_in = &mut self.mid_in[c][..self.plan.mid];
-            for x in mid_in.iter_mut() {
-                *x *= I16_SCALE;
-            }
+            let mid_in = &self.mid_in[c][..self.plan.mid];
             let mid_out = &mut self.mid_out[c];
             for (o, i) in mid_out
                 .chunks_exact_mut(MODEL_FRAME)
                 .zip(mid_in.chunks_exact(MODEL_FRAME))
             {
-                vad = vad.max(self.states[c].process_frame(o, i));
-            }
-            for x in mid_out.iter_mut() {
-                *x /= I16_SCALE;
+                vad = vad.max(self.states[c].process_frame(i, o));
             }
         }
         self.shared.vad.store(vad.to_bits(), Ordering::Relaxed);
+        if self.threaded {
+            let late = self.states.iter().map(|s| s.late_frames()).sum::<u64>();
+            self.shared.late_frames.store(late, Ordering::Relaxed);
+        }
 
         match self.rs_out.as_mut() {
             Some(rs) => {

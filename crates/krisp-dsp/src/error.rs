@@ -69,6 +69,14 @@ pub enum Error {
         /// Checksum of the file on disk.
         actual: String,
     },
+    /// A model file has the right checksum but its networks or configuration cannot be used.
+    #[error("cannot load model {path}: {reason}")]
+    ModelLoad {
+        /// Path of the model file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A model file has the right checksum but is not a valid weight file.
     #[error("model file {path} is not a valid {kind} weight file")]
     ModelFormat {

@@ -1,5 +1,8 @@
-//! Krisp's signal processing: the RNNoise denoiser with resampling, strength, click-free
-//! bypass and meters, usable on a realtime thread and, through [`offline`], on whole files.
+//! Krisp's signal processing: a denoiser with resampling, strength, click-free bypass and
+//! meters, usable on a realtime thread and, through [`offline`], on whole files. Two models sit
+//! behind one [`FrameModel`] trait: RNNoise (default, light, compiled in) and DeepFilterNet3
+//! (`dfn3` in models/, better and heavier; its networks run on tract, and with
+//! [`Config::model_thread`] on a worker thread so that the realtime path never allocates).
 //!
 //! Pure computation: no I/O besides reading model files at construction.
 //!
@@ -17,15 +20,17 @@
 #![deny(missing_docs)]
 
 mod denoiser;
+mod dfn3;
 mod error;
 mod model;
 pub mod offline;
 mod swap;
+mod threaded;
 
 pub use denoiser::{
     Config, Denoiser, FULL_STRENGTH_DB, Framing, Handle, MAX_CHANNELS, MAX_RATE, MIN_RATE,
     MODEL_FRAME, MODEL_RATE,
 };
 pub use error::{Error, ProcessError};
-pub use model::{DEFAULT_MODEL, Manifest, Model, ModelInfo, sha256_hex};
-pub use swap::{SwapReceiver, SwapSender, swap_channel};
+pub use model::{DEFAULT_MODEL, FrameModel, Manifest, Model, ModelInfo, sha256_hex};
+pub use swap::{FADE_MS, SwapReceiver, SwapSender, swap_channel};

@@ -5,12 +5,14 @@
 //! strange-sounding microphone.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nnnoiseless::RnnModel;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::Error;
+use crate::dfn3::{Dfn3Net, Dfn3Options, Dfn3State};
 
 /// Name of the model used when none is chosen.
 pub const DEFAULT_MODEL: &str = "rnnoise";
@@ -27,7 +29,7 @@ static EMBEDDED_MANIFEST: &str = include_str!("../../../models/manifest.toml");
 pub struct ModelInfo {
     /// Short name used by `--model` and the settings.
     pub name: String,
-    /// Model family; `rnnoise` is the only one the realtime path runs today.
+    /// Model family: `rnnoise` (RNNoise weights) or `dfn3` (DeepFilterNet3 ONNX tarball).
     pub kind: String,
     /// Weight file, relative to the manifest's folder.
     pub file: String,
@@ -146,22 +148,32 @@ impl Manifest {
                 actual,
             });
         }
-        if info.kind != "rnnoise" {
-            return Err(Error::ModelFormat {
-                path,
-                kind: info.kind.clone(),
-            });
-        }
-        let rnn = match &bytes {
-            std::borrow::Cow::Borrowed(b) => RnnModel::from_static_bytes(b),
-            std::borrow::Cow::Owned(v) => RnnModel::from_bytes(v),
-        }
-        .ok_or_else(|| Error::ModelFormat {
-            path: path.clone(),
-            kind: info.kind.clone(),
-        })?;
-        let model = Model { info, rnn };
-        // The parser checks structure, not layer shapes; a frame through the model proves them.
+        let net = match info.kind.as_str() {
+            "rnnoise" => {
+                let rnn = match &bytes {
+                    std::borrow::Cow::Borrowed(b) => RnnModel::from_static_bytes(b),
+                    std::borrow::Cow::Owned(v) => RnnModel::from_bytes(v),
+                }
+                .ok_or_else(|| Error::ModelFormat {
+                    path: path.clone(),
+                    kind: info.kind.clone(),
+                })?;
+                Net::Rnnoise(Box::new(rnn))
+            }
+            "dfn3" => Net::Dfn3(Arc::new(Dfn3Net::from_targz(&bytes, &path)?)),
+            _ => {
+                return Err(Error::ModelFormat {
+                    path,
+                    kind: info.kind.clone(),
+                });
+            }
+        };
+        let model = Model {
+            info,
+            net,
+            dfn3: Dfn3Options::default(),
+        };
+        // The parsers check structure, not layer shapes; frames through the model prove them.
         if !model.self_test() {
             return Err(Error::ModelFormat {
                 path,
@@ -176,7 +188,74 @@ impl Manifest {
 #[derive(Clone)]
 pub struct Model {
     info: ModelInfo,
-    pub(crate) rnn: RnnModel,
+    pub(crate) net: Net,
+    pub(crate) dfn3: Dfn3Options,
+}
+
+/// The parsed networks of a [`Model`].
+#[derive(Clone)]
+pub(crate) enum Net {
+    Rnnoise(Box<RnnModel>),
+    Dfn3(Arc<Dfn3Net>),
+}
+
+/// One channel's worth of a model at 48 kHz: what [`crate::Denoiser`] wraps with resampling,
+/// framing, strength and bypass. Every model Krisp runs implements it.
+pub trait FrameModel: Send {
+    /// Samples per frame at [`crate::MODEL_RATE`].
+    fn frame_size(&self) -> usize;
+    /// Delay from a frame's input to the same audio in the output, in samples at 48 kHz,
+    /// counted from the end of the frame that contains it (look-ahead and overlap).
+    fn delay(&self) -> usize;
+    /// Denoises one frame (full scale ±1.0); returns the speech presence 0–1 (RNNoise's VAD,
+    /// DeepFilterNet3's local-SNR estimate mapped from −15…35 dB). Realtime-safe for RNNoise;
+    /// see the crate docs for DeepFilterNet3.
+    fn process_frame(&mut self, input: &[f32], output: &mut [f32]) -> f32;
+    /// Frames whose result was not ready in time and were output as silence (only models run
+    /// on a worker thread can be late).
+    fn late_frames(&self) -> u64 {
+        0
+    }
+}
+
+/// RNNoise behind [`FrameModel`]: it wants 16-bit-scaled samples.
+struct RnnoiseFrames {
+    st: Box<nnnoiseless::DenoiseState<'static>>,
+    inp: [f32; nnnoiseless::FRAME_SIZE],
+    out: [f32; nnnoiseless::FRAME_SIZE],
+}
+
+const I16_SCALE: f32 = 32768.0;
+
+impl FrameModel for RnnoiseFrames {
+    fn frame_size(&self) -> usize {
+        nnnoiseless::FRAME_SIZE
+    }
+    fn delay(&self) -> usize {
+        nnnoiseless::FRAME_SIZE
+    }
+    fn process_frame(&mut self, input: &[f32], output: &mut [f32]) -> f32 {
+        for (d, &x) in self.inp.iter_mut().zip(input) {
+            *d = x * I16_SCALE;
+        }
+        let vad = self.st.process_frame(&mut self.out, &self.inp);
+        for (o, &y) in output.iter_mut().zip(self.out.iter()) {
+            *o = y / I16_SCALE;
+        }
+        vad
+    }
+}
+
+impl FrameModel for Dfn3State {
+    fn frame_size(&self) -> usize {
+        crate::MODEL_FRAME
+    }
+    fn delay(&self) -> usize {
+        Dfn3State::delay(self)
+    }
+    fn process_frame(&mut self, input: &[f32], output: &mut [f32]) -> f32 {
+        self.process_hop(input, output)
+    }
 }
 
 impl std::fmt::Debug for Model {
@@ -198,24 +277,59 @@ impl Model {
         &self.info
     }
 
+    /// Whether this is a DeepFilterNet3 model (bigger, slower, better).
+    pub fn is_dfn3(&self) -> bool {
+        matches!(self.net, Net::Dfn3(_))
+    }
+
+    /// The same model with DeepFilterNet3's look-ahead set to `hops` × 10 ms (0–2; the
+    /// network was trained with 2 = 30 ms total delay). Less look-ahead, less delay, lower
+    /// quality. No effect on RNNoise.
+    pub fn with_lookahead(mut self, hops: usize) -> Model {
+        self.dfn3.lookahead = hops.min(2);
+        self
+    }
+
+    /// A fresh per-channel model state. Allocates; call it off the realtime thread.
+    pub fn frame_model(&self) -> Result<Box<dyn FrameModel>, Error> {
+        Ok(match &self.net {
+            Net::Rnnoise(rnn) => {
+                let mut st = nnnoiseless::DenoiseState::from_model((**rnn).clone());
+                // The first process_frame in a process initialises shared tables; do it here.
+                // Silence leaves the model's state as new.
+                let zeros = [0.0f32; nnnoiseless::FRAME_SIZE];
+                let mut scratch = [0.0f32; nnnoiseless::FRAME_SIZE];
+                st.process_frame(&mut scratch, &zeros);
+                Box::new(RnnoiseFrames {
+                    st,
+                    inp: [0.0; nnnoiseless::FRAME_SIZE],
+                    out: [0.0; nnnoiseless::FRAME_SIZE],
+                })
+            }
+            Net::Dfn3(net) => Box::new(Dfn3State::new(net.clone(), self.dfn3)?),
+        })
+    }
+
     fn self_test(&self) -> bool {
-        let rnn = self.rnn.clone();
-        std::panic::catch_unwind(move || {
-            let mut st = nnnoiseless::DenoiseState::from_model(rnn);
-            let mut out = [0.0f32; nnnoiseless::FRAME_SIZE];
-            let mut inp = [0.0f32; nnnoiseless::FRAME_SIZE];
+        let Ok(mut st) = self.frame_model() else {
+            return false;
+        };
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let n = st.frame_size();
+            let mut out = vec![0.0f32; n];
+            let mut inp = vec![0.0f32; n];
             let mut x = 12345u32;
             for v in inp.iter_mut() {
                 x = x.wrapping_mul(1664525).wrapping_add(1013904223);
-                *v = ((x >> 16) as f32 / 65536.0 - 0.5) * 8000.0;
+                *v = ((x >> 16) as f32 / 65536.0 - 0.5) * 0.25;
             }
             let mut ok = true;
             for _ in 0..3 {
-                let vad = st.process_frame(&mut out, &inp);
+                let vad = st.process_frame(&inp, &mut out);
                 ok &= vad.is_finite() && out.iter().all(|s| s.is_finite());
             }
             ok
-        })
+        }))
         .unwrap_or(false)
     }
 }

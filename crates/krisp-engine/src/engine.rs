@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use krisp_dsp::{Config as DspConfig, Denoiser, Framing, Handle, Model};
+use krisp_dsp::{Config as DspConfig, Denoiser, Framing, Handle, Model, SwapSender, swap_channel};
 use krisp_vdev::pulse::{MIC_RATE, VirtualMic};
 use krisp_vdev::shm::{RingConfig, RingFeed, RingWriter};
 use ringbuf::HeapRb;
@@ -90,6 +90,10 @@ pub struct Control {
     licensed: Arc<AtomicBool>,
     input: Arc<Mutex<Option<String>>>,
     input_changed: Arc<AtomicBool>,
+    /// A model to switch to, picked up by the control thread.
+    model_request: Arc<Mutex<Option<Model>>>,
+    /// The model the audio path runs (or is switching to).
+    model_name: Arc<Mutex<String>>,
     mic: VirtualMic,
 }
 
@@ -134,6 +138,26 @@ impl Control {
         *self.input.lock().expect("invariant: lock never poisoned") = input;
         self.input_changed.store(true, Ordering::Relaxed);
         Ok(())
+    }
+    /// Switches the denoising model while audio flows: the engine's control thread builds the
+    /// new denoiser and the realtime thread crossfades to it (krisp-dsp's `SwapReceiver`), so
+    /// there is no gap. Returns at once.
+    pub fn set_model(&self, model: Model) {
+        *self
+            .model_name
+            .lock()
+            .expect("invariant: lock never poisoned") = model.info().name.clone();
+        *self
+            .model_request
+            .lock()
+            .expect("invariant: lock never poisoned") = Some(model);
+    }
+    /// Name of the model in use (or being switched to).
+    pub fn model(&self) -> String {
+        self.model_name
+            .lock()
+            .expect("invariant: lock never poisoned")
+            .clone()
     }
     /// The chosen input (`None`: system default).
     pub fn input(&self) -> Option<String> {
@@ -222,6 +246,8 @@ impl Engine {
             licensed: Arc::new(AtomicBool::new(true)),
             input: Arc::new(Mutex::new(config.input.clone())),
             input_changed: Arc::new(AtomicBool::new(false)),
+            model_request: Arc::new(Mutex::new(None)),
+            model_name: Arc::new(Mutex::new(config.model.info().name.clone())),
             mic: config.mic.clone(),
         };
         control.apply();
@@ -326,6 +352,8 @@ struct Supervisor {
     pending_ring: Option<RingWriter>,
     /// The realtime state (ring producer + denoiser) while no capture thread owns it.
     idle_side: Option<CaptureSide>,
+    /// Hands new denoisers (a model change) to whichever thread owns the realtime state.
+    swap: Option<SwapSender>,
     capture: Option<CaptureHandle>,
     last_check: Option<Instant>,
     last_input_try: Option<Instant>,
@@ -350,6 +378,7 @@ impl Supervisor {
             writer: None,
             pending_ring: None,
             idle_side: None,
+            swap: None,
             capture: None,
             last_check: None,
             last_input_try: None,
@@ -396,6 +425,7 @@ impl Supervisor {
             drop(w.thread);
         }
         self.idle_side = None;
+        self.swap = None;
         self.stats.output_running.store(false, Ordering::Relaxed);
     }
 
@@ -435,11 +465,54 @@ impl Supervisor {
 
     /// One supervision round. An error tears the path down and retries.
     fn step(&mut self) -> Result<(), EngineError> {
+        self.step_model()?;
         match self.cfg.output {
             Output::VirtualMic => self.step_virtual_mic()?,
             Output::SharedRing(_) => self.step_shared_ring()?,
         }
         self.step_input()
+    }
+
+    /// A model change: build the new denoiser here and offer it to the realtime side, which
+    /// crossfades; free the one it retired. Without a running path the next start uses it.
+    fn step_model(&mut self) -> Result<(), EngineError> {
+        if let Some(swap) = self.swap.as_mut() {
+            swap.collect();
+            if swap.pending() {
+                return Ok(()); // the last offer is not taken yet
+            }
+        }
+        let Some(model) = self
+            .control
+            .model_request
+            .lock()
+            .expect("invariant: lock never poisoned")
+            .take()
+        else {
+            return Ok(());
+        };
+        self.cfg.model = model;
+        if let Some(swap) = self.swap.as_mut() {
+            let denoiser =
+                Denoiser::with_handle(&dsp_config(), &self.cfg.model, self.control.dsp.clone())?;
+            let latency = denoiser.latency() as u64;
+            if swap.offer(denoiser).is_err() {
+                // Still busy with the last change: ask again next round.
+                *self
+                    .control
+                    .model_request
+                    .lock()
+                    .expect("invariant: lock never poisoned") = Some(self.cfg.model.clone());
+                return Ok(());
+            }
+            let old = self.stats.model_latency.swap(latency, Ordering::Relaxed);
+            self.stats
+                .latency_samples
+                .fetch_add(latency, Ordering::Relaxed);
+            self.stats.latency_samples.fetch_sub(old, Ordering::Relaxed);
+        }
+        tracing::info!(model = %self.cfg.model.info().name, "model switched");
+        Ok(())
     }
 
     /// The shared ring: (re)start the feed if needed; keep the heartbeat going while there is
@@ -563,16 +636,20 @@ impl Supervisor {
                 (Sink::Ring(Box::new(feed)), delay)
             }
         };
-        let mut dsp_cfg = DspConfig::new(MIC_RATE, 1);
-        dsp_cfg.framing = Framing::Chunked;
-        let denoiser = Denoiser::with_handle(&dsp_cfg, &self.cfg.model, self.control.dsp.clone())?;
+        let denoiser =
+            Denoiser::with_handle(&dsp_config(), &self.cfg.model, self.control.dsp.clone())?;
         // Model delay, half a chunk of accumulation on average, and the device's buffer (or
         // the ring's resampler; the ring's own fill is added when status is read).
+        self.stats
+            .model_latency
+            .store(denoiser.latency() as u64, Ordering::Relaxed);
         self.stats.latency_samples.store(
             denoiser.latency() as u64 + CHUNK as u64 / 2 + output_delay as u64,
             Ordering::Relaxed,
         );
-        self.idle_side = Some(CaptureSide::new(sink, denoiser, self.stats.clone()));
+        let (swap, rt) = swap_channel(denoiser);
+        self.swap = Some(swap);
+        self.idle_side = Some(CaptureSide::new(sink, rt, self.stats.clone()));
         self.stats.output_running.store(true, Ordering::Relaxed);
         self.output_started = true;
         Ok(())
@@ -660,6 +737,15 @@ impl Supervisor {
     }
 }
 
+/// The realtime denoiser's configuration: 48 kHz mono in whole 10 ms chunks, and
+/// DeepFilterNet3's inference (which allocates) on its own thread, off the realtime one.
+fn dsp_config() -> DspConfig {
+    let mut c = DspConfig::new(MIC_RATE, 1);
+    c.framing = Framing::Chunked;
+    c.model_thread = true;
+    c
+}
+
 /// Chooses the source to capture: the wanted one if present, else the default, else the
 /// first real (non-monitor, non-Krisp) source.
 fn pick_input(mic: &VirtualMic, wanted: Option<&str>) -> Result<String, EngineError> {
@@ -711,6 +797,8 @@ mod tests {
             licensed: Arc::new(AtomicBool::new(true)),
             input: Arc::new(Mutex::new(None)),
             input_changed: Arc::new(AtomicBool::new(false)),
+            model_request: Arc::new(Mutex::new(None)),
+            model_name: Arc::new(Mutex::new("rnnoise".into())),
             mic: VirtualMic::default(),
         }
     }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use krisp_dsp::Denoiser;
+use krisp_dsp::SwapReceiver;
 use krisp_vdev::shm::{RingFeed, monotonic_ns};
 use ringbuf::HeapProd;
 use ringbuf::traits::Producer;
@@ -39,7 +39,8 @@ pub(crate) enum Sink {
 /// Capture callback state.
 pub(crate) struct CaptureSide {
     pub sink: Sink,
-    pub denoiser: Denoiser,
+    /// The denoiser, and a model change offered by the control thread (crossfaded in).
+    pub denoiser: SwapReceiver,
     pub stats: Arc<StatsInner>,
     pub inbuf: [f32; CHUNK],
     pub outbuf: [f32; CHUNK],
@@ -47,7 +48,7 @@ pub(crate) struct CaptureSide {
 }
 
 impl CaptureSide {
-    pub fn new(sink: Sink, denoiser: Denoiser, stats: Arc<StatsInner>) -> Self {
+    pub fn new(sink: Sink, denoiser: SwapReceiver, stats: Arc<StatsInner>) -> Self {
         CaptureSide {
             sink,
             denoiser,
@@ -101,6 +102,8 @@ impl CaptureSide {
             // Nobody records from the virtual mic: skip the model, keep the clock going, and
             // still meter the microphone (a window shows it while the user sets up).
             self.outbuf.fill(0.0);
+            // Nothing to crossfade: a model change offered meanwhile takes over at once.
+            self.denoiser.poll();
             let sq: f32 = self.inbuf.iter().map(|x| x * x).sum();
             let rms = (sq / CHUNK as f32).sqrt();
             self.stats
@@ -150,7 +153,7 @@ impl CaptureSide {
 mod tests {
     use super::*;
     use assert_no_alloc::{AllocDisabler, assert_no_alloc};
-    use krisp_dsp::{Config, Framing, Model};
+    use krisp_dsp::{Config, Denoiser, Framing, Model, swap_channel};
     use ringbuf::HeapRb;
     use ringbuf::traits::{Consumer, Split};
 
@@ -166,24 +169,36 @@ mod tests {
         cfg.framing = Framing::Chunked;
         let dn = Denoiser::new(&cfg, &Model::builtin()).unwrap();
         let handle = dn.handle();
-        let mut side = CaptureSide::new(Sink::Queue(prod), dn, stats.clone());
+        let (mut swap, rt) = swap_channel(dn);
+        let mut side = CaptureSide::new(Sink::Queue(prod), rt, stats.clone());
         let block: Vec<f32> = (0..479).map(|i| (i as f32 * 0.05).sin() * 0.2).collect();
         let mut sink = vec![0.0f32; 4_800];
-        assert_no_alloc(|| {
-            for i in 0..400 {
-                let n = [1, 128, 479, 37][i % 4];
-                side.on_data(&block[..n]);
-                if i == 100 {
-                    handle.set_bypass(true);
+        let mut run = |from: usize, to: usize| {
+            assert_no_alloc(|| {
+                for i in from..to {
+                    let n = [1, 128, 479, 37][i % 4];
+                    side.on_data(&block[..n]);
+                    if i == 100 {
+                        handle.set_bypass(true);
+                    }
+                    if i < 300 {
+                        cons.pop_slice(&mut sink);
+                    }
+                    if i == 200 {
+                        stats.listeners.store(false, Ordering::Relaxed);
+                    }
                 }
-                if i < 300 {
-                    cons.pop_slice(&mut sink);
-                }
-                if i == 200 {
-                    stats.listeners.store(false, Ordering::Relaxed);
-                }
-            }
-        });
+            })
+        };
+        run(0, 50);
+        // A model change offered by the control thread is crossfaded in on this thread.
+        let next = Denoiser::with_handle(&cfg, &Model::builtin(), handle.clone()).unwrap();
+        assert!(swap.offer(next).is_ok());
+        run(50, 400);
+        assert!(
+            swap.collect(),
+            "the old denoiser came back to be freed off this thread"
+        );
         assert!(stats.processed_frames.load(Ordering::Relaxed) > 40_000);
         assert!(
             stats.overruns.load(Ordering::Relaxed) > 0,
@@ -202,7 +217,8 @@ mod tests {
         let mut cfg = Config::new(48_000, 1);
         cfg.framing = Framing::Chunked;
         let dn = Denoiser::new(&cfg, &Model::builtin()).unwrap();
-        let mut side = CaptureSide::new(Sink::Ring(Box::new(feed)), dn, stats.clone());
+        let (_swap, rt) = swap_channel(dn);
+        let mut side = CaptureSide::new(Sink::Ring(Box::new(feed)), rt, stats.clone());
         let block: Vec<f32> = (0..480).map(|i| (i as f32 * 0.05).sin() * 0.2).collect();
         let mut out = vec![0.0f32; 512];
         let mut played = 0;

@@ -49,6 +49,11 @@ pub enum Request {
         /// Device name (`None`: default).
         name: Option<String>,
     },
+    /// Switch the denoising model (crossfaded, while audio flows).
+    Model {
+        /// Model name from the models manifest (`rnnoise`, `dfn3`).
+        name: String,
+    },
 }
 
 /// The engine's answer.
@@ -69,6 +74,9 @@ pub struct Response {
     pub status: String,
     /// Chosen input (`None`: default).
     pub input: Option<String>,
+    /// The denoising model in use.
+    #[serde(default)]
+    pub model: String,
     /// Statistics.
     pub stats: crate::StatsSnapshot,
     /// Extra lines from the embedding app (e.g. license state).
@@ -229,12 +237,14 @@ mod tests {
             strength_db: 100.0,
             status: "test".into(),
             input: None,
+            model: "rnnoise".into(),
             stats: crate::StatsSnapshot {
                 captured_frames: 0,
                 processed_frames: 0,
                 underruns: 0,
                 overruns: 0,
                 drift_dropped: 0,
+                late_model_frames: 0,
                 input_rms: 0.0,
                 output_rms: 0.0,
                 vad: 0.0,

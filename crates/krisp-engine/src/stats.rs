@@ -22,6 +22,8 @@ pub(crate) struct StatsInner {
     pub listeners: AtomicBool,
     pub restarts: AtomicU64,
     pub latency_samples: AtomicU64,
+    /// The model's part of `latency_samples` (it changes when the model is switched).
+    pub model_latency: AtomicU64,
     /// The drift controller's correction of the shared ring's resampler, ppm.
     pub drift_ppm: AtomicI64,
     /// Set once when the output is the shared ring.
@@ -93,6 +95,10 @@ pub struct StatsSnapshot {
     pub overruns: u64,
     /// Samples dropped to keep latency bounded when clocks drift.
     pub drift_dropped: u64,
+    /// Frames a worker-thread model (DeepFilterNet3) did not finish in time: each was output
+    /// as silence. Non-zero means the machine is too slow for the model; RNNoise is always 0.
+    #[serde(default)]
+    pub late_model_frames: u64,
     /// Input level (RMS, full scale 1.0).
     pub input_rms: f32,
     /// Output level (RMS); 0 while no program records from Krisp Microphone (the model idles).
@@ -160,6 +166,7 @@ impl Stats {
             underruns: i.underruns.load(r),
             overruns: i.overruns.load(r),
             drift_dropped: i.drift_dropped.load(r),
+            late_model_frames: self.dsp.late_frames(),
             input_rms,
             output_rms,
             vad,

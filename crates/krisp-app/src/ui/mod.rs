@@ -196,6 +196,7 @@ enum Job {
     CodeSent(Result<String, String>),
     SignedIn(Result<String, String>),
     SignedOut(Result<(), String>),
+    ModelSwitched(Result<String, String>),
 }
 
 struct Meter {
@@ -466,6 +467,12 @@ impl View {
                         };
                     }
                 }
+                Job::ModelSwitched(r) => {
+                    self.notice = Some(match r {
+                        Ok(name) => (format!("Model switched to {name}."), false),
+                        Err(e) => (e, true),
+                    });
+                }
                 Job::SignedOut(r) => {
                     self.notice = Some(match r {
                         Ok(()) => ("Signed out; this computer's seat is free.".into(), false),
@@ -662,6 +669,36 @@ impl View {
                     }
                     if r.drag_stopped() || (r.changed() && !r.dragged()) {
                         self.save_settings();
+                    }
+                });
+
+                ui.horizontal(|ui| {
+                    ui.label("Quality");
+                    let current = self.control.model();
+                    let mut pick = None;
+                    ui.add_enabled_ui(!self.locked("model"), |ui| {
+                        for (name, label) in [
+                            ("rnnoise", "Standard (light)"),
+                            ("dfn3", "High (DeepFilterNet3)"),
+                        ] {
+                            if ui.selectable_label(current == name, label).clicked()
+                                && current != name
+                            {
+                                pick = Some(name);
+                            }
+                        }
+                    });
+                    if let Some(name) = pick {
+                        // Loading DeepFilterNet3 takes a moment: off the UI thread. The engine
+                        // crossfades to it when it is ready.
+                        let control = self.control.clone();
+                        self.spawn(&ctx, move || {
+                            Job::ModelSwitched(
+                                crate::live::switch_model(&control, None, name)
+                                    .map(|()| name.to_string())
+                                    .map_err(|e| format!("{e:#}")),
+                            )
+                        });
                     }
                 });
 

@@ -183,7 +183,7 @@ impl Krisp {
     pub fn ctl(&self, server: &AudioServer, what: &str) -> String {
         let out = server
             .cmd(krisp_bin())
-            .arg(what)
+            .args(what.split_whitespace())
             .env("KRISP_SOCKET", &self.socket)
             .output()
             .unwrap();
