@@ -43,10 +43,11 @@ fn listen_and_check(
     krisp: &Krisp,
     clean: &[f32],
     noisy: &[f32],
-    kind: Kind,
+    run: &Run,
     dir: &std::path::Path,
     played_since: std::time::Instant,
 ) -> Result<(), Failure> {
+    let kind = run.kind;
     // A plain recorder (like Zoom) gets audio from Krisp Microphone.
     let parec_path = dir.join("parecord.wav");
     let mut parec = server
@@ -119,7 +120,9 @@ fn listen_and_check(
     // machine whose hypervisor steals CPU the jitter buffer grows (up to 40 ms) to stop the
     // dropouts, so the test holds a 120 ms ceiling that still catches buffers that grow without
     // bound; docs/performance.md tracks the figures and the gap to 40 ms.
-    let bound = 120.0;
+    // A model with more delay than RNNoise's 10 ms (DeepFilterNet3 live: 50 ms) moves the
+    // bound by the difference.
+    let bound = 120.0 + run.model_extra_ms;
     check!(
         latency_ms <= bound,
         "added latency {latency_ms:.1} ms exceeds {bound} ms"
@@ -295,6 +298,8 @@ struct Run<'a> {
     faults: bool,
     /// After the recording: switch to this model with `krisp model` while recording.
     switch_to: Option<&'a str>,
+    /// The model's live delay beyond RNNoise's, in ms.
+    model_extra_ms: f64,
 }
 
 fn end_to_end(kind: Kind) {
@@ -303,6 +308,7 @@ fn end_to_end(kind: Kind) {
         args: &[],
         faults: true,
         switch_to: None,
+        model_extra_ms: 0.0,
     })
 }
 
@@ -347,7 +353,7 @@ fn end_to_end_with(run: Run) {
     for attempt in 1..=3 {
         krisp.ctl(&server, "on");
         std::thread::sleep(Duration::from_millis(500));
-        result = listen_and_check(&server, &krisp, &clean, &noisy, kind, &dir, played_since);
+        result = listen_and_check(&server, &krisp, &clean, &noisy, &run, &dir, played_since);
         match &result {
             Ok(()) => break,
             Err(e) => eprintln!("\n!!!!! {kind:?}: recording attempt {attempt} failed: {e:?}\n"),
@@ -428,6 +434,8 @@ fn end_to_end_with_deepfilternet3_on_pulseaudio() {
         args: &["--model", "dfn3"],
         faults: false,
         switch_to: Some("rnnoise"),
+        // 30 ms algorithmic + 20 ms worker hand-off, vs RNNoise's 10 ms.
+        model_extra_ms: 40.0,
     })
 }
 

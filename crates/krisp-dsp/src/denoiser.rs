@@ -72,6 +72,9 @@ pub struct Config {
     /// [`Denoiser::process`] stays allocation-free; costs two model frames (20 ms) of latency.
     /// For live audio; file processing runs faster than realtime and leaves it off.
     pub model_thread: bool,
+    /// Called first on the model's worker thread (with [`Config::model_thread`]): the engine
+    /// raises it to realtime priority there, so a loaded machine cannot starve the model.
+    pub model_thread_init: Option<fn()>,
 }
 
 impl Config {
@@ -83,6 +86,7 @@ impl Config {
             framing: Framing::Any,
             crossfade_ms: 5.0,
             model_thread: false,
+            model_thread_init: None,
         }
     }
 }
@@ -399,7 +403,7 @@ impl Denoiser {
                 if !threaded {
                     return Ok(fm);
                 }
-                crate::threaded::ThreadedFrames::spawn(fm)
+                crate::threaded::ThreadedFrames::spawn(fm, config.model_thread_init)
                     .map(|t| Box::new(t) as Box<dyn FrameModel>)
                     .map_err(|e| Error::ModelLoad {
                         path: model.info().file.clone().into(),

@@ -50,7 +50,10 @@ pub(crate) struct ThreadedFrames {
 
 impl ThreadedFrames {
     /// Moves `inner` to a new worker thread. Allocates and spawns; call off the realtime thread.
-    pub(crate) fn spawn(inner: Box<dyn FrameModel>) -> std::io::Result<ThreadedFrames> {
+    pub(crate) fn spawn(
+        inner: Box<dyn FrameModel>,
+        init: Option<fn()>,
+    ) -> std::io::Result<ThreadedFrames> {
         let frame = inner.frame_size();
         let delay = inner.delay() + HANDOFF * frame;
         let (to_worker, mut worker_in) = HeapRb::<f32>::new(RING_FRAMES * frame).split();
@@ -66,6 +69,9 @@ impl ThreadedFrames {
         let worker = std::thread::Builder::new()
             .name("krisp-model".into())
             .spawn(move || {
+                if let Some(init) = init {
+                    init();
+                }
                 let mut inner = inner;
                 let mut inp = vec![0.0f32; frame];
                 let mut out = vec![0.0f32; frame];

@@ -743,6 +743,9 @@ fn dsp_config() -> DspConfig {
     let mut c = DspConfig::new(MIC_RATE, 1);
     c.framing = Framing::Chunked;
     c.model_thread = true;
+    // Measured: at normal priority, a loaded 2-core VM starved the DFN3 worker for up to
+    // 200 ms (20 frames output as silence); it keeps realtime pace like the capture thread.
+    c.model_thread_init = Some(crate::writer::promote_to_realtime);
     c
 }
 

@@ -229,7 +229,7 @@ pub(crate) fn promote_to_realtime() {
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
     if rc != 0 {
         tracing::debug!(
-            "realtime scheduling not granted; the virtual-device feeder runs at normal priority"
+            "realtime scheduling not granted; this audio thread runs at normal priority"
         );
     }
 }
