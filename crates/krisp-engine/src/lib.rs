@@ -20,6 +20,7 @@ mod engine;
 mod rt;
 pub mod socket;
 mod stats;
+mod watch;
 mod writer;
 
 pub use engine::{Control, Engine, EngineConfig, Health, Output, StatusHandle};

@@ -18,10 +18,13 @@ use ringbuf::traits::{Consumer, Observer};
 
 use crate::stats::StatsInner;
 
-/// Frames per write (2.7 ms).
-pub(crate) const PERIOD: usize = 128;
-/// Writes per latency-trim window (about 0.7 s).
-const TRIM_WINDOW: usize = 256;
+/// Frames per write by default: one model frame (10 ms), the size the capture side produces.
+/// Writes of 128 frames woke this thread and libpulse's 375 times a second.
+pub(crate) const PERIOD: usize = crate::rt::CHUNK;
+/// Largest write.
+pub(crate) const MAX_PERIOD: usize = 4_800;
+/// Frames per latency-trim window (about 0.7 s).
+const TRIM_WINDOW: usize = 32_768;
 /// Windows without an underrun after which the jitter buffer shrinks by one period (~20 s);
 /// doubled by every underrun, up to 16 times, so that a machine that stalls regularly is not
 /// probed with a dropout every 20 s.
@@ -45,6 +48,8 @@ pub(crate) struct JitterBuffer {
     pub min_target: usize,
     /// Largest target.
     pub max_target: usize,
+    /// Frames per write.
+    pub period: usize,
     primed: bool,
     window_min: usize,
     window_len: usize,
@@ -64,11 +69,12 @@ pub(crate) enum Step {
 }
 
 impl JitterBuffer {
-    pub fn new(min_target: usize, max_target: usize) -> JitterBuffer {
+    pub fn new(min_target: usize, max_target: usize, period: usize) -> JitterBuffer {
         JitterBuffer {
             target: min_target,
             min_target,
             max_target: max_target.max(min_target),
+            period,
             primed: false,
             window_min: usize::MAX,
             window_len: 0,
@@ -92,7 +98,7 @@ impl JitterBuffer {
             return Step::Drop(fill - self.target);
         }
         self.window_min = self.window_min.min(fill);
-        self.window_len += 1;
+        self.window_len += self.period;
         if self.window_len < TRIM_WINDOW {
             return Step::Play;
         }
@@ -105,9 +111,9 @@ impl JitterBuffer {
         self.calm_windows += 1;
         if self.calm_windows >= self.calm_needed && self.target > self.min_target {
             self.calm_windows = 0;
-            self.target = (self.target - PERIOD).max(self.min_target);
+            self.target = (self.target - self.period).max(self.min_target);
         }
-        if min > self.target + PERIOD {
+        if min > self.target + self.period {
             let excess = (min - self.target).min(MAX_TRIM);
             if quiet(excess) {
                 return Step::Drop(excess);
@@ -139,17 +145,23 @@ pub(crate) struct Writer {
 }
 
 /// Opens a playback stream on `sink`, 48 kHz mono float, asking the server to hold
-/// `buffer_frames` (its own jitter margin: the time our refill may take without a gap).
-pub(crate) fn open(sink: &str, rate: u32, buffer_frames: usize) -> Result<Simple, String> {
+/// `buffer_frames` (its own jitter margin: the time our refill may take without a gap) and to
+/// ask for more `period` frames at a time.
+pub(crate) fn open(
+    sink: &str,
+    rate: u32,
+    buffer_frames: usize,
+    period: usize,
+) -> Result<Simple, String> {
     let spec = Spec {
         format: Format::F32le,
         channels: 1,
         rate,
     };
-    let bytes = (PERIOD * 4) as u32;
+    let bytes = (period * 4) as u32;
     let attr = BufferAttr {
         maxlength: u32::MAX,
-        tlength: (buffer_frames.max(2 * PERIOD) * 4) as u32,
+        tlength: (buffer_frames.max(2 * period) * 4) as u32,
         // No re-buffering after a server-side underrun: the server plays silence and drops
         // what arrives late, so a stall costs a gap but never adds to the latency.
         prebuf: 0,
@@ -172,8 +184,10 @@ pub(crate) fn open(sink: &str, rate: u32, buffer_frames: usize) -> Result<Simple
 impl Writer {
     pub fn run(mut self, pa: Simple) {
         promote_to_realtime();
-        let mut buf = [0.0f32; PERIOD];
-        let mut bytes = [0u8; PERIOD * 4];
+        // Sized once, before the first write.
+        let period = self.jitter.period;
+        let mut buf = vec![0.0f32; period];
+        let mut bytes = vec![0u8; period * 4];
         while !self.stop.load(Ordering::Relaxed) {
             let fill = self.cons.occupied_len();
             let cons = &self.cons;
@@ -195,7 +209,7 @@ impl Writer {
                 }
                 Step::Play => self.cons.pop_slice(&mut buf),
             };
-            if got < PERIOD {
+            if got < period {
                 buf[got..].fill(0.0);
                 if step != Step::Wait
                     && self.jitter.ran_dry()
@@ -239,6 +253,9 @@ mod tests {
     use super::*;
     use crate::rt::CHUNK;
 
+    /// The writes of 128 frames the policy was first tuned with (the default is now 480).
+    const W: usize = 128;
+
     /// Plays `cycles` writes against a producer that delivers `burst(i)` samples before write
     /// `i`, the ring holding `fill`; returns (underruns, samples dropped, final target).
     fn simulate_from(
@@ -259,10 +276,10 @@ mod tests {
             let got = if step == Step::Wait {
                 0
             } else {
-                avail.min(PERIOD)
+                avail.min(jb.period)
             };
             *fill = avail - got;
-            if got < PERIOD && step != Step::Wait && jb.ran_dry() {
+            if got < jb.period && step != Step::Wait && jb.ran_dry() {
                 underruns += 1;
             }
         }
@@ -285,7 +302,7 @@ mod tests {
 
     #[test]
     fn a_steady_stream_never_underruns_and_keeps_the_configured_target() {
-        let mut jb = JitterBuffer::new(600, 4_800);
+        let mut jb = JitterBuffer::new(600, 4_800, W);
         let (u, d, t) = simulate(&mut jb, 100_000, steady);
         assert_eq!(u, 0);
         assert_eq!(t, 600);
@@ -293,8 +310,28 @@ mod tests {
     }
 
     #[test]
+    fn model_frame_writes_keep_the_target_and_shed_a_fast_clock() {
+        // One 480-frame write per 480-frame chunk, in step.
+        let mut jb = JitterBuffer::new(600, 4_800, CHUNK);
+        let (u, d, t) = simulate(&mut jb, 100_000, |_| CHUNK);
+        assert_eq!((u, t), (0, 600));
+        assert!(d < 2_000, "dropped {d}");
+        // The mic's clock 1 % fast: the excess is dropped, nothing underruns.
+        let mut jb = JitterBuffer::new(600, 4_800, CHUNK);
+        let mut owed = 0.0f64;
+        let (u, d, _) = simulate(&mut jb, 50_000, |_| {
+            owed += CHUNK as f64 * 1.01;
+            let n = owed as usize;
+            owed -= n as f64;
+            n
+        });
+        assert_eq!(u, 0);
+        assert!(d > 50_000 * CHUNK / 200, "the excess was dropped: {d}");
+    }
+
+    #[test]
     fn stalls_grow_the_buffer_until_they_no_longer_cause_underruns_then_it_shrinks_back() {
-        let mut jb = JitterBuffer::new(600, 4_800);
+        let mut jb = JitterBuffer::new(600, 4_800, W);
         // Every ~0.35 s the producer stalls for 20 ms (7.5 writes) and then catches up.
         let stall = |i: usize| {
             let k = i % 128;
@@ -302,9 +339,9 @@ mod tests {
                 0
             } else if k == 108 {
                 // Everything owed for the stall arrives at once, with this write's share.
-                9 * PERIOD
+                9 * W
             } else {
-                PERIOD
+                W
             }
         };
         let fill = &mut 0;
@@ -314,35 +351,35 @@ mod tests {
         let (later, _, _) = simulate_from(&mut jb, fill, 20_000, stall);
         assert_eq!(later, 0, "after growing, the same stalls cause no underrun");
         // Calm again: the target returns to the configured one, a period per calm spell.
-        let (u, _, t) = simulate_from(&mut jb, fill, 4_000_000, |_| PERIOD);
+        let (u, _, t) = simulate_from(&mut jb, fill, 4_000_000, |_| W);
         assert_eq!(u, 0);
         assert_eq!(t, 600);
     }
 
     #[test]
     fn a_fast_producer_cannot_make_latency_creep() {
-        let mut jb = JitterBuffer::new(600, 4_800);
+        let mut jb = JitterBuffer::new(600, 4_800, W);
         // The mic's clock runs 1 % fast: one extra sample every 100.
         let mut owed = 0.0f64;
         let (u, d, _) = simulate(&mut jb, 50_000, |_| {
-            owed += PERIOD as f64 * 1.01;
+            owed += W as f64 * 1.01;
             let n = owed as usize;
             owed -= n as f64;
             n
         });
         assert_eq!(u, 0);
-        assert!(d > 50_000 * PERIOD / 200, "the excess was dropped: {d}");
+        assert!(d > 50_000 * W / 200, "the excess was dropped: {d}");
     }
 
     #[test]
     fn loud_excess_is_kept_until_a_quiet_moment() {
-        let mut jb = JitterBuffer::new(600, 4_800);
+        let mut jb = JitterBuffer::new(600, 4_800, W);
         let mut fill = 2_000;
-        for _ in 0..TRIM_WINDOW * 3 {
+        for _ in 0..TRIM_WINDOW / W * 3 {
             match jb.step(fill, |_| false) {
                 Step::Drop(_) => panic!("dropped audible samples"),
                 Step::Wait => unreachable!("the ring is above target"),
-                Step::Play => fill = fill - PERIOD + PERIOD,
+                Step::Play => fill = fill - W + W,
             }
         }
         // Overflow beyond the hard bound is dropped regardless.
