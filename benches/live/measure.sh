@@ -60,6 +60,7 @@ measure() { # label pid seconds
     awk -v hz="$hz" -v t="$t" '{d[$2]+=$5-$3} END {for (n in d) printf "    %-20s %.2f %%\n", n, d[n]*100/hz/t}' |
     sort -k2 -rn >>"$XDG_RUNTIME_DIR/threads.txt"
   echo "  ($1)" >>"$XDG_RUNTIME_DIR/threads.txt"
+  "$bin" status --json | python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"]; print("  engine: listeners", s["listeners"], "underruns", s["underruns"], "overruns", s["overruns"], "added latency", round(s["added_latency_ms"], 1), "ms")' >>"$XDG_RUNTIME_DIR/threads.txt"
 }
 
 "$bin" run --headless --input fake_mic ${KRISP_ARGS:-} 2>$XDG_RUNTIME_DIR/krisp.log &
