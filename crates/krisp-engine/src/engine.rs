@@ -632,13 +632,6 @@ impl Supervisor {
             .cfg
             .device_period_frames
             .clamp(1, crate::writer::MAX_PERIOD);
-        let pa = crate::writer::open(
-            &self.cfg.mic.sink,
-            MIC_RATE,
-            self.cfg.device_buffer_frames,
-            period,
-        )
-        .map_err(EngineError::Server)?;
         let rb = HeapRb::<f32>::new(MIC_RATE as usize / 2);
         let (prod, cons) = rb.split();
         let stop = Arc::new(AtomicBool::new(false));
@@ -654,10 +647,13 @@ impl Supervisor {
                 period,
             ),
         };
-        let thread = std::thread::Builder::new()
-            .name("krisp-vdev-writer".into())
-            .spawn(move || w.run(pa))
-            .map_err(EngineError::Thread)?;
+        let thread = crate::writer::start(
+            self.cfg.mic.sink.clone(),
+            MIC_RATE,
+            self.cfg.device_buffer_frames,
+            w,
+        )
+        .map_err(EngineError::Server)?;
         self.writer = Some(WriterHandle {
             stop,
             failed,
@@ -684,22 +680,18 @@ impl Supervisor {
                 return;
             }
         };
-        let frames = (self.cfg.capture_frames as usize).clamp(1, crate::capture::MAX_PERIOD);
-        let pa = match crate::capture::open(&name, MIC_RATE, frames) {
-            Ok(pa) => pa,
-            Err(e) => {
-                self.set_status(Health::MicGone, format!("{e}; retrying"));
-                return;
-            }
-        };
+        let frames = self.cfg.capture_frames as usize;
         let side = self.idle_side.take().expect("invariant: checked by caller");
         let stop = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(AtomicBool::new(false));
-        let (st, fl) = (stop.clone(), failed.clone());
-        match std::thread::Builder::new()
-            .name("krisp-capture".into())
-            .spawn(move || crate::capture::run(pa, frames, side, st, fl))
-        {
+        match crate::capture::start(
+            name.clone(),
+            MIC_RATE,
+            frames,
+            side,
+            stop.clone(),
+            failed.clone(),
+        ) {
             Ok(thread) => {
                 self.stats.input_running.store(true, Ordering::Relaxed);
                 self.set_status(
@@ -713,10 +705,12 @@ impl Supervisor {
                     name,
                 });
             }
-            Err(e) => self.set_status(
-                Health::MicGone,
-                format!("cannot start the capture thread: {e}"),
-            ),
+            Err((e, side)) => {
+                // Without the realtime state back (a hung thread), the next round builds a
+                // new path.
+                self.idle_side = side.map(|b| *b);
+                self.set_status(Health::MicGone, format!("{e}; retrying"));
+            }
         }
     }
 }

@@ -17,6 +17,7 @@
 
 mod capture;
 mod engine;
+mod pa;
 mod rt;
 pub mod socket;
 mod stats;

@@ -18,13 +18,10 @@ use std::time::{Duration, Instant};
 
 use libpulse_binding::callbacks::ListResult;
 use libpulse_binding::context::subscribe::InterestMaskSet;
-use libpulse_binding::context::{Context, FlagSet, State};
 use libpulse_binding::def::SourceState;
-use libpulse_binding::mainloop::standard::{IterateResult, Mainloop};
-use libpulse_binding::time::MicroSeconds;
+use libpulse_binding::mainloop::standard::IterateResult;
 
-/// How long a connection attempt or a query may take before the server counts as down.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::pa::{ANSWER_TIMEOUT, Conn};
 /// Oldest the snapshot may get without an event (the cadence of the old `pactl` polling).
 const MAX_AGE: Duration = Duration::from_millis(1000);
 
@@ -57,9 +54,7 @@ struct Shared {
 
 /// A persistent connection to the audio server, for the control thread only (not `Send`).
 pub(crate) struct Watch {
-    // Field order is drop order: the context before its main loop.
-    context: Context,
-    mainloop: Mainloop,
+    conn: Conn,
     shared: Rc<RefCell<Shared>>,
     refreshed: Option<Instant>,
 }
@@ -68,41 +63,19 @@ impl Watch {
     /// Connects to the default server (as `pactl` would: same environment, no autospawn),
     /// subscribes to source, source-output and server events, and takes a first snapshot.
     pub fn connect() -> Result<Watch, String> {
-        let mut mainloop = Mainloop::new().ok_or("cannot create a libpulse main loop")?;
-        let mut context =
-            Context::new(&mainloop, "Krisp control").ok_or("cannot create a libpulse context")?;
-        context
-            .connect(None, FlagSet::NOAUTOSPAWN, None)
-            .map_err(|e| format!("cannot connect to the audio server: {e}"))?;
-        let t = Instant::now();
-        loop {
-            match context.get_state() {
-                State::Ready => break,
-                State::Failed | State::Terminated => {
-                    return Err(format!(
-                        "cannot connect to the audio server: {}",
-                        context.errno()
-                    ));
-                }
-                _ => {}
-            }
-            if t.elapsed() > ANSWER_TIMEOUT {
-                return Err("the audio server did not answer".into());
-            }
-            poll_once(&mut mainloop)?;
-        }
+        let mut conn = Conn::connect("Krisp control")?;
         let shared = Rc::new(RefCell::new(Shared::default()));
         let s = shared.clone();
-        context.set_subscribe_callback(Some(Box::new(move |_, _, _| {
-            s.borrow_mut().dirty = true;
-        })));
-        let _ = context.subscribe(
+        conn.context
+            .set_subscribe_callback(Some(Box::new(move |_, _, _| {
+                s.borrow_mut().dirty = true;
+            })));
+        let _ = conn.context.subscribe(
             InterestMaskSet::SOURCE | InterestMaskSet::SOURCE_OUTPUT | InterestMaskSet::SERVER,
             |_| {},
         );
         let mut w = Watch {
-            context,
-            mainloop,
+            conn,
             shared,
             refreshed: None,
         };
@@ -115,7 +88,7 @@ impl Watch {
     pub fn update(&mut self) -> Result<(), String> {
         // Non-blocking: dispatch what is already there (bounded, in case of an event storm).
         for _ in 0..64 {
-            match self.mainloop.iterate(false) {
+            match self.conn.mainloop.iterate(false) {
                 IterateResult::Success(0) => break,
                 IterateResult::Success(_) => {}
                 _ => return Err("the audio server connection broke".into()),
@@ -139,7 +112,7 @@ impl Watch {
             sh.incoming.clear();
             sh.awaiting = 2;
         }
-        let introspect = self.context.introspect();
+        let introspect = self.conn.context.introspect();
         let s = self.shared.clone();
         introspect.get_source_info_list(move |r| {
             let mut sh = s.borrow_mut();
@@ -180,12 +153,12 @@ impl Watch {
             if t.elapsed() > ANSWER_TIMEOUT {
                 return Err("the audio server did not answer".into());
             }
-            poll_once(&mut self.mainloop)?;
+            self.conn.wait(20_000)?;
         }
         if self.shared.borrow().failed {
             return Err(format!(
                 "the audio server refused to list sources: {}",
-                self.context.errno()
+                self.conn.context.errno()
             ));
         }
         self.refreshed = Some(Instant::now());
@@ -193,12 +166,12 @@ impl Watch {
     }
 
     fn check(&self) -> Result<(), String> {
-        if self.context.get_state().is_good() {
+        if self.conn.good() {
             Ok(())
         } else {
             Err(format!(
                 "the audio server connection ended: {}",
-                self.context.errno()
+                self.conn.context.errno()
             ))
         }
     }
@@ -226,16 +199,7 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        self.context.set_subscribe_callback(None);
-        self.context.disconnect();
+        self.conn.context.set_subscribe_callback(None);
+        self.conn.context.disconnect();
     }
-}
-
-/// One main-loop iteration that waits at most 20 ms.
-fn poll_once(ml: &mut Mainloop) -> Result<(), String> {
-    let broke = |e| format!("libpulse main loop: {e}");
-    ml.prepare(Some(MicroSeconds(20_000))).map_err(broke)?;
-    ml.poll().map_err(broke)?;
-    ml.dispatch().map_err(broke)?;
-    Ok(())
 }

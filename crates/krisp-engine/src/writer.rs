@@ -1,5 +1,6 @@
 //! The virtual device's feeder: an I/O thread that takes denoised audio from the ring and
-//! writes it into the virtual sink with blocking writes, which pace it at the device clock.
+//! writes it into the virtual sink whenever the server asks for more, which paces it at the
+//! device clock. It blocks in its own libpulse main loop's poll (see `pa.rs`).
 //!
 //! It plays the part a driver plays on macOS/Windows: when the ring runs dry it writes silence
 //! (the virtual mic never stalls recorders) and counts an underrun; when the ring fills past
@@ -9,13 +10,16 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
 use libpulse_binding::def::BufferAttr;
 use libpulse_binding::sample::{Format, Spec};
-use libpulse_binding::stream::Direction;
-use libpulse_simple_binding::Simple;
+use libpulse_binding::stream::{FlagSet, SeekMode, Stream};
 use ringbuf::HeapCons;
 use ringbuf::traits::{Consumer, Observer};
 
+use crate::pa::{ANSWER_TIMEOUT, Conn};
 use crate::stats::StatsInner;
 
 /// Frames per write by default: one model frame (10 ms), the size the capture side produces.
@@ -144,15 +148,21 @@ pub(crate) struct Writer {
     pub jitter: JitterBuffer,
 }
 
+/// Longest wait in poll before looking at the stop flag (the server normally asks for more
+/// every period).
+const POLL_US: u64 = 100_000;
+
+/// An open playback stream with its connection.
+struct Playback {
+    // Field order is drop order: the stream before its connection.
+    stream: Stream,
+    conn: Conn,
+}
+
 /// Opens a playback stream on `sink`, 48 kHz mono float, asking the server to hold
 /// `buffer_frames` (its own jitter margin: the time our refill may take without a gap) and to
 /// ask for more `period` frames at a time.
-pub(crate) fn open(
-    sink: &str,
-    rate: u32,
-    buffer_frames: usize,
-    period: usize,
-) -> Result<Simple, String> {
+fn open(sink: &str, rate: u32, buffer_frames: usize, period: usize) -> Result<Playback, String> {
     let spec = Spec {
         format: Format::F32le,
         channels: 1,
@@ -168,27 +178,93 @@ pub(crate) fn open(
         minreq: bytes,
         fragsize: u32::MAX,
     };
-    Simple::new(
-        None,
-        "Krisp",
-        Direction::Playback,
-        Some(sink),
-        "Krisp Microphone feed",
-        &spec,
-        None,
-        Some(&attr),
-    )
-    .map_err(|e| format!("cannot open the virtual device: {e}"))
+    let mut conn = Conn::connect("Krisp")?;
+    let mut stream = Stream::new(&mut conn.context, "Krisp Microphone feed", &spec, None)
+        .ok_or("cannot create a playback stream")?;
+    // DONT_MOVE: if our sink goes away the stream ends (and the path is rebuilt) instead of
+    // playing into some other sink.
+    stream
+        .connect_playback(
+            Some(sink),
+            Some(&attr),
+            FlagSet::ADJUST_LATENCY | FlagSet::DONT_MOVE,
+            None,
+            None,
+        )
+        .map_err(|e| format!("cannot open the virtual device: {e}"))?;
+    conn.wait_ready(&stream, "the virtual device")?;
+    Ok(Playback { stream, conn })
+}
+
+/// Opens the playback stream on `sink` and starts the feeder thread; returns once the stream
+/// is open.
+pub(crate) fn start(
+    sink: String,
+    rate: u32,
+    buffer_frames: usize,
+    writer: Writer,
+) -> Result<JoinHandle<()>, String> {
+    let (tx, rx) = mpsc::sync_channel::<Result<(), String>>(1);
+    let stop = writer.stop.clone();
+    let period = writer.jitter.period;
+    let thread = std::thread::Builder::new()
+        .name("krisp-vdev-writer".into())
+        .spawn(move || match open(&sink, rate, buffer_frames, period) {
+            Ok(pb) => {
+                let _ = tx.send(Ok(()));
+                writer.run(pb);
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        })
+        .map_err(|e| format!("cannot start the feeder thread: {e}"))?;
+    match rx.recv_timeout(ANSWER_TIMEOUT * 2) {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            stop.store(true, Ordering::Relaxed);
+            Err("the audio server did not open the virtual device".into())
+        }
+    }
 }
 
 impl Writer {
-    pub fn run(mut self, pa: Simple) {
+    fn run(mut self, mut pb: Playback) {
         promote_to_realtime();
         // Sized once, before the first write.
         let period = self.jitter.period;
         let mut buf = vec![0.0f32; period];
         let mut bytes = vec![0u8; period * 4];
         while !self.stop.load(Ordering::Relaxed) {
+            if pb.conn.wait(POLL_US).is_err() || !pb.conn.good() || !pb.stream.get_state().is_good()
+            {
+                self.failed.store(true, Ordering::Relaxed);
+                return;
+            }
+            let mut room = pb.stream.writable_size().unwrap_or(0) / 4;
+            while room >= period && !self.stop.load(Ordering::Relaxed) {
+                room -= period;
+                if self
+                    .write_one(&mut pb.stream, &mut buf, &mut bytes)
+                    .is_err()
+                {
+                    self.failed.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One period from the ring (or silence) into the stream.
+    fn write_one(
+        &mut self,
+        stream: &mut Stream,
+        buf: &mut [f32],
+        bytes: &mut [u8],
+    ) -> Result<(), libpulse_binding::error::PAErr> {
+        let period = buf.len();
+        {
             let fill = self.cons.occupied_len();
             let cons = &self.cons;
             let step = self.jitter.step(fill, |n| {
@@ -205,9 +281,9 @@ impl Writer {
                     self.stats
                         .drift_dropped
                         .fetch_add(dropped as u64, Ordering::Relaxed);
-                    self.cons.pop_slice(&mut buf)
+                    self.cons.pop_slice(buf)
                 }
-                Step::Play => self.cons.pop_slice(&mut buf),
+                Step::Play => self.cons.pop_slice(buf),
             };
             if got < period {
                 buf[got..].fill(0.0);
@@ -227,10 +303,7 @@ impl Writer {
             for (b, s) in bytes.chunks_exact_mut(4).zip(buf.iter()) {
                 b.copy_from_slice(&s.to_le_bytes());
             }
-            if pa.write(&bytes).is_err() {
-                self.failed.store(true, Ordering::Relaxed);
-                return;
-            }
+            stream.write(bytes, None, 0, SeekMode::Relative)
         }
     }
 }
