@@ -66,6 +66,7 @@ fn open(source: &str, rate: u32, frames: usize) -> Result<Capture, String> {
         )
         .map_err(|e| format!("cannot open microphone '{source}': {e}"))?;
     conn.wait_ready(&stream, &format!("microphone '{source}'"))?;
+    tracing::debug!(attr = ?stream.get_buffer_attr(), "capture stream open");
     Ok(Capture { stream, conn })
 }
 
@@ -135,13 +136,7 @@ fn run(
                     if stop.load(Ordering::Relaxed) {
                         break 'io;
                     }
-                    for piece in bytes.chunks(frames * 4) {
-                        let n = piece.len() / 4;
-                        for (s, b) in buf.iter_mut().zip(piece.chunks_exact(4)) {
-                            *s = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                        }
-                        side.on_data(&buf[..n]);
-                    }
+                    deliver(bytes, &mut buf, &mut side);
                 }
                 Err(_) => {
                     failed.store(true, Ordering::Relaxed);
@@ -155,4 +150,16 @@ fn run(
         }
     }
     side
+}
+
+/// Converts a block as the server sent it (f32 little-endian) and hands it to the realtime
+/// code at most `buf.len()` frames at a time. Realtime: allocation- and syscall-free.
+pub(crate) fn deliver(bytes: &[u8], buf: &mut [f32], side: &mut CaptureSide) {
+    for piece in bytes.chunks(buf.len() * 4) {
+        let n = piece.len() / 4;
+        for (s, b) in buf.iter_mut().zip(piece.chunks_exact(4)) {
+            *s = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        side.on_data(&buf[..n]);
+    }
 }

@@ -193,6 +193,7 @@ fn open(sink: &str, rate: u32, buffer_frames: usize, period: usize) -> Result<Pl
         )
         .map_err(|e| format!("cannot open the virtual device: {e}"))?;
     conn.wait_ready(&stream, "the virtual device")?;
+    tracing::debug!(attr = ?stream.get_buffer_attr(), "virtual device stream open");
     Ok(Playback { stream, conn })
 }
 
@@ -263,6 +264,13 @@ impl Writer {
         buf: &mut [f32],
         bytes: &mut [u8],
     ) -> Result<(), libpulse_binding::error::PAErr> {
+        self.next_period(buf, bytes);
+        stream.write(bytes, None, 0, SeekMode::Relative)
+    }
+
+    /// The next period to play, from the ring or silence, as the server's bytes: the jitter
+    /// buffer's decision, drops, underrun counting. Allocation- and syscall-free.
+    pub(crate) fn next_period(&mut self, buf: &mut [f32], bytes: &mut [u8]) {
         let period = buf.len();
         {
             let fill = self.cons.occupied_len();
@@ -303,7 +311,6 @@ impl Writer {
             for (b, s) in bytes.chunks_exact_mut(4).zip(buf.iter()) {
                 b.copy_from_slice(&s.to_le_bytes());
             }
-            stream.write(bytes, None, 0, SeekMode::Relative)
         }
     }
 }
