@@ -126,6 +126,14 @@ impl JitterBuffer {
         Step::Play
     }
 
+    /// Prime again from the current target (a recorder attached after an idle spell); not an
+    /// underrun.
+    pub fn restart(&mut self) {
+        self.primed = false;
+        self.window_min = usize::MAX;
+        self.window_len = 0;
+    }
+
     /// The ring ran dry while playing: grow the target by one model frame and re-prime.
     /// Returns whether this counts as an underrun (it was playing).
     pub fn ran_dry(&mut self) -> bool {
@@ -157,7 +165,17 @@ struct Playback {
     // Field order is drop order: the stream before its connection.
     stream: Stream,
     conn: Conn,
+    /// The buffer asked for at open (restored when a recorder attaches).
+    attr: BufferAttr,
 }
+
+/// While nobody records from Krisp Microphone, the server holds this much silence for it
+/// (100 ms) and asks for more this much at a time (50 ms): about 20 wake-ups a second instead
+/// of 100-170, and nobody hears the latency. When a recorder attaches, the queued silence is
+/// flushed and the normal buffer is back within one idle poll (50 ms).
+const IDLE_TLENGTH: u32 = 4_800;
+const IDLE_MINREQ: u32 = 2_400;
+const IDLE_POLL_US: u64 = 50_000;
 
 /// Opens a playback stream on `sink`, 48 kHz mono float, asking the server to hold
 /// `buffer_frames` (its own jitter margin: the time our refill may take without a gap) and to
@@ -193,8 +211,9 @@ fn open(sink: &str, rate: u32, buffer_frames: usize, period: usize) -> Result<Pl
         )
         .map_err(|e| format!("cannot open the virtual device: {e}"))?;
     conn.wait_ready(&stream, "the virtual device")?;
+    let attr = stream.get_buffer_attr().copied().unwrap_or(attr);
     tracing::debug!(attr = ?stream.get_buffer_attr(), "virtual device stream open");
-    Ok(Playback { stream, conn })
+    Ok(Playback { stream, conn, attr })
 }
 
 /// Opens the playback stream on `sink` and starts the feeder thread; returns once the stream
@@ -237,13 +256,53 @@ impl Writer {
         let period = self.jitter.period;
         let mut buf = vec![0.0f32; period];
         let mut bytes = vec![0u8; period * 4];
+        let silence = vec![0u8; IDLE_TLENGTH as usize * 4];
+        let idle_attr = BufferAttr {
+            tlength: IDLE_TLENGTH * 4,
+            minreq: IDLE_MINREQ * 4,
+            ..pb.attr
+        };
+        let mut idle = false;
         while !self.stop.load(Ordering::Relaxed) {
-            if pb.conn.wait(POLL_US).is_err() || !pb.conn.good() || !pb.stream.get_state().is_good()
+            // Nobody records: large blocks of silence. A recorder attached: the queued
+            // silence is dropped and the jitter buffer primes again, as at start. (The
+            // buffer-attribute requests allocate in libpulse; they happen only at these
+            // switches, never per block.)
+            let listening = self.stats.listeners.load(Ordering::Relaxed);
+            if listening == idle {
+                idle = !listening;
+                if idle {
+                    let _ = pb.stream.set_buffer_attr(&idle_attr, |_| {});
+                } else {
+                    let _ = pb.stream.set_buffer_attr(&pb.attr, |_| {});
+                    let _ = pb.stream.flush(None);
+                    self.jitter.restart();
+                }
+            }
+            let timeout = if idle { IDLE_POLL_US } else { POLL_US };
+            if pb.conn.wait(timeout).is_err() || !pb.conn.good() || !pb.stream.get_state().is_good()
             {
                 self.failed.store(true, Ordering::Relaxed);
                 return;
             }
             let mut room = pb.stream.writable_size().unwrap_or(0) / 4;
+            if idle {
+                // The realtime side passes silence while nobody records: drop it unplayed.
+                self.cons.skip(self.cons.occupied_len());
+                self.stats.ring_fill.store(0, Ordering::Relaxed);
+                if room >= IDLE_MINREQ as usize {
+                    let n = room.min(IDLE_TLENGTH as usize);
+                    if pb
+                        .stream
+                        .write(&silence[..n * 4], None, 0, SeekMode::Relative)
+                        .is_err()
+                    {
+                        self.failed.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                }
+                continue;
+            }
             while room >= period && !self.stop.load(Ordering::Relaxed) {
                 room -= period;
                 if self
