@@ -2,7 +2,11 @@
 # Whole-process figures of `krisp run --headless` on a private headless PulseAudio:
 # CPU % of one core and peak RSS while denoising 48 kHz mono with a recorder attached, the
 # same with nobody recording, and xruns with both cores loaded by a stress process.
-# Usage: benches/live/measure.sh [seconds=60] [stress_seconds=120]
+# CPU is the process's own threads ("own") and, beside it, the same plus the child processes
+# it started and reaped in the window (`pactl` calls: "+children"). A per-thread breakdown
+# (from /proc/PID/task/*/stat) follows each state.
+# Usage: benches/live/measure.sh [seconds=60] [stress_seconds=120]   (stress 0: skip it)
+# KRISP_BIN picks the binary (default target/release/krisp); KRISP_ARGS adds options to `run`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-60}
@@ -10,8 +14,15 @@ stress_secs=${2:-120}
 bin=${KRISP_BIN:-target/release/krisp}
 [ -x "$bin" ] || cargo build --release -p krisp-app
 export XDG_RUNTIME_DIR=$(mktemp -d); chmod 700 "$XDG_RUNTIME_DIR"
+export HOME=$XDG_RUNTIME_DIR
 export KRISP_CONFIG_DIR=$XDG_RUNTIME_DIR/cfg KRISP_SOCKET=$XDG_RUNTIME_DIR/krisp.sock
-cleanup() { kill $(jobs -p) 2>/dev/null || true; pulseaudio --kill 2>/dev/null || true; rm -rf "$XDG_RUNTIME_DIR"; }
+export KRISP_SERVER=http://127.0.0.1:9 KRISP_POLICY_FILE=$XDG_RUNTIME_DIR/no-policy.toml
+unset PULSE_SERVER
+cleanup() {
+  kill $(jobs -p) 2>/dev/null || true
+  [ -f "$XDG_RUNTIME_DIR/pulse/pid" ] && kill "$(cat "$XDG_RUNTIME_DIR/pulse/pid")" 2>/dev/null
+  sleep 0.3; rm -rf "$XDG_RUNTIME_DIR"
+}
 trap cleanup EXIT
 pulseaudio -n --daemonize=yes --exit-idle-time=-1 --system=false --realtime=true \
   --log-target=file:$XDG_RUNTIME_DIR/pulse.log \
@@ -22,37 +33,63 @@ sleep 1
 # Noisy speech from the shipped sample, looped for the whole run.
 ( while true; do paplay -d fake_mic_sink assets/samples/noisy-speech-5db.wav; done ) &
 
-cpu_ticks() { awk '{print $14+$15}' /proc/$1/stat; }
-measure() { # label seconds
+hz=$(getconf CLK_TCK)
+# utime+stime of the process, and the same plus reaped children (cutime+cstime).
+cpu_ticks() { awk '{print $14+$15, $14+$15+$16+$17}' /proc/$1/stat; }
+thread_ticks() { # tid name utime+stime, robust to names with spaces
+  for t in /proc/$1/task/*; do
+    [ -r "$t/stat" ] || continue
+    local s name rest; s=$(cat "$t/stat" 2>/dev/null) || continue
+    name=${s#*(}; name=${name%)*}; rest=${s##*) }
+    echo "$(basename "$t") ${name// /_} $(echo "$rest" | awk '{print $12+$13}')"
+  done
+}
+measure() { # label pid seconds
   local pid=$2 t=$3
-  local a b hz; hz=$(getconf CLK_TCK)
-  a=$(cpu_ticks "$pid"); sleep "$t"; b=$(cpu_ticks "$pid")
-  local rss; rss=$(awk '/VmHWM/{print $2}' /proc/$pid/status)
-  printf '| %s | %.2f %% | %.1f MB |\n' "$1" "$(echo "($b-$a)*100/$hz/$t" | bc -l)" "$(echo "$rss/1024" | bc -l)"
+  local a b ta tb rss
+  a=$(cpu_ticks "$pid"); ta=$(thread_ticks "$pid")
+  sleep "$t"
+  b=$(cpu_ticks "$pid"); tb=$(thread_ticks "$pid")
+  rss=$(awk '/VmHWM/{print $2}' /proc/$pid/status)
+  read -r a1 a2 <<<"$a"; read -r b1 b2 <<<"$b"
+  printf '| %s | %.2f %% | %.2f %% | %.1f MB |\n' "$1" \
+    "$(echo "($b1-$a1)*100/$hz/$t" | bc -l)" "$(echo "($b2-$a2)*100/$hz/$t" | bc -l)" \
+    "$(echo "$rss/1024" | bc -l)"
+  # Per thread: name, CPU % (threads with the same name summed).
+  join <(echo "$ta" | sort) <(echo "$tb" | sort) |
+    awk -v hz="$hz" -v t="$t" '{d[$2]+=$5-$3} END {for (n in d) printf "    %-20s %.2f %%\n", n, d[n]*100/hz/t}' |
+    sort -k2 -rn >>"$XDG_RUNTIME_DIR/threads.txt"
+  echo "  ($1)" >>"$XDG_RUNTIME_DIR/threads.txt"
+  "$bin" status --json | python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"]; print("  engine: listeners", s["listeners"], "underruns", s["underruns"], "overruns", s["overruns"], "added latency", round(s["added_latency_ms"], 1), "ms")' >>"$XDG_RUNTIME_DIR/threads.txt"
 }
 
-"$bin" run --headless --input fake_mic 2>$XDG_RUNTIME_DIR/krisp.log &
+"$bin" run --headless --input fake_mic ${KRISP_ARGS:-} 2>$XDG_RUNTIME_DIR/krisp.log &
 kpid=$!
 sleep 3
-echo "| state | CPU (one core) | peak RSS |"
-echo "|---|---|---|"
+echo "| state | CPU own | CPU +children | peak RSS |"
+echo "|---|---|---|---|"
 parecord -d krisp_mic /dev/null &
 rec=$!
 sleep 2
 measure "denoising, one recorder attached, ${secs} s" $kpid "$secs"
 kill $rec; sleep 2
 measure "nobody recording, ${secs} s" $kpid "$secs"
-
-parecord -d krisp_mic /dev/null &
-rec=$!
-sleep 2
-before=$("$bin" status --json | python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"]; print(s["underruns"], s["overruns"])')
-stress_pids=()
-for _ in 1 2; do ( end=$((SECONDS+stress_secs)); while [ $SECONDS -lt $end ]; do :; done ) & stress_pids+=($!); done
-sleep "$stress_secs"
-kill "${stress_pids[@]}" 2>/dev/null || true
-after=$("$bin" status --json | python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"]; print(s["underruns"], s["overruns"], s["added_latency_ms"])')
 echo
-echo "under ${stress_secs} s of two busy-loop processes (both cores): underruns/overruns before: $before; after (and added latency ms): $after"
-kill $rec
+echo "per thread (CPU % of one core):"
+cat "$XDG_RUNTIME_DIR/threads.txt"
+
+if [ "$stress_secs" -gt 0 ]; then
+  parecord -d krisp_mic /dev/null &
+  rec=$!
+  sleep 2
+  before=$("$bin" status --json | python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"]; print(s["underruns"], s["overruns"])')
+  stress_pids=()
+  for _ in 1 2; do ( end=$((SECONDS+stress_secs)); while [ $SECONDS -lt $end ]; do :; done ) & stress_pids+=($!); done
+  sleep "$stress_secs"
+  kill "${stress_pids[@]}" 2>/dev/null || true
+  after=$("$bin" status --json | python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"]; print(s["underruns"], s["overruns"], s["added_latency_ms"])')
+  echo
+  echo "under ${stress_secs} s of two busy-loop processes (both cores): underruns/overruns before: $before; after (and added latency ms): $after"
+  kill $rec
+fi
 kill -INT $kpid; wait $kpid || true

@@ -23,6 +23,7 @@ pub struct RunArgs {
     pub off: bool,
     pub socket: Option<PathBuf>,
     pub capture_frames: Option<u32>,
+    pub device_period_frames: Option<usize>,
     pub buffer_ms: Option<f32>,
     pub device_buffer_ms: Option<f32>,
     pub output: OutputArg,
@@ -94,6 +95,9 @@ impl Session {
         cfg.strength_db = settings.strength_db;
         if let Some(n) = args.capture_frames {
             cfg.capture_frames = n;
+        }
+        if let Some(n) = args.device_period_frames {
+            cfg.device_period_frames = n;
         }
         if let Some(ms) = args.device_buffer_ms {
             cfg.device_buffer_frames = (ms.clamp(5.0, 500.0) * 48.0) as usize;

@@ -81,9 +81,12 @@ enum Command {
         /// Start with noise removal off.
         #[arg(long)]
         off: bool,
-        /// Capture callback size in frames (default 128).
+        /// Capture read size in frames (default 480: one 10 ms model frame).
         #[arg(long)]
         capture_frames: Option<u32>,
+        /// Write size into Krisp Microphone in frames (default 480: one 10 ms model frame).
+        #[arg(long)]
+        device_period_frames: Option<usize>,
         /// Smallest jitter buffer in milliseconds between the microphone and Krisp Microphone
         /// (default 12.5; it grows by itself after underruns, up to 40): lower is less
         /// latency, higher survives a busier machine.
@@ -168,6 +171,7 @@ fn main() -> ExitCode {
         models_dir: std::env::var_os("KRISP_MODELS_DIR").map(PathBuf::from),
         off: false,
         capture_frames: None,
+        device_period_frames: None,
         buffer_ms: None,
         device_buffer_ms: None,
         socket: None,
@@ -202,6 +206,7 @@ fn main() -> ExitCode {
             models_dir,
             off,
             capture_frames,
+            device_period_frames,
             buffer_ms,
             device_buffer_ms,
             socket,
@@ -217,6 +222,7 @@ fn main() -> ExitCode {
                 off,
                 socket,
                 capture_frames,
+                device_period_frames,
                 buffer_ms,
                 device_buffer_ms,
                 output,

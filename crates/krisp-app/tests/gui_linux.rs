@@ -436,8 +436,12 @@ fn the_window_and_the_tray_drive_the_microphone() {
 
     let id = window_id(&gui.x, Duration::from_secs(60))
         .unwrap_or_else(|| panic!("no Krisp window appeared; log:\n{}", log()));
+    // Audio flowing, not only the stream open: the fake mic's first samples can take ~2 s
+    // after that on these VMs, and the meters below need them.
     let st = wait_status(&server, &krisp, Duration::from_secs(20), |s| {
-        s["stats"]["input_running"] == true && s["denoising"] == true
+        s["stats"]["input_running"] == true
+            && s["denoising"] == true
+            && s["stats"]["captured_frames"].as_u64() > Some(0)
     });
     assert_eq!(st["denoising"], true, "{st}\n{}", log());
     assert!(

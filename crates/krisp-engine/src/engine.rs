@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::rt::{CHUNK, CaptureSide, Sink};
 use crate::stats::{RingInfo, Stats, StatsInner};
+use crate::watch::Watch;
 use crate::{EngineError, InputInfo};
 
 /// Largest the adaptive jitter buffer grows after underruns (40 ms): beyond that the machine
@@ -54,8 +55,11 @@ pub struct EngineConfig {
     pub enabled: bool,
     /// Attenuation limit in dB.
     pub strength_db: f32,
-    /// Capture read size in frames.
+    /// Capture read size in frames (default 480, one model frame; at most 4800).
     pub capture_frames: u32,
+    /// Frames per write into the virtual device (default 480, one model frame; at most
+    /// 4800). Smaller writes wake the feeder and libpulse more often for no gain.
+    pub device_period_frames: usize,
     /// Ring fill to aim for at first and at best, in frames (latency vs. robustness to
     /// scheduling jitter). The jitter buffer grows from here after underruns, up to 40 ms,
     /// and shrinks back after a calm spell.
@@ -76,6 +80,7 @@ impl EngineConfig {
             enabled: true,
             strength_db: krisp_dsp::FULL_STRENGTH_DB,
             capture_frames: crate::capture::PERIOD as u32,
+            device_period_frames: crate::writer::PERIOD,
             target_fill: 5 * CHUNK / 4,
             device_buffer_frames: DEFAULT_DEVICE_BUFFER,
         }
@@ -264,17 +269,20 @@ impl Engine {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(Mutex::new((Health::Starting, "starting".to_string())));
-        let mut sup = Supervisor::new(
-            config,
+        let (ctl, inner, st, stat) = (
             control.clone(),
             stats.inner.clone(),
             stop.clone(),
             status.clone(),
         );
-        sup.pending_ring = ring;
+        // The supervisor is built on its thread: its audio-server connection is not `Send`.
         let thread = std::thread::Builder::new()
             .name("krisp-control".into())
-            .spawn(move || sup.run())
+            .spawn(move || {
+                let mut sup = Supervisor::new(config, ctl, inner, st, stat);
+                sup.pending_ring = ring;
+                sup.run()
+            })
             .map_err(EngineError::Thread)?;
         Ok(Engine {
             control,
@@ -355,7 +363,11 @@ struct Supervisor {
     /// Hands new denoisers (a model change) to whichever thread owns the realtime state.
     swap: Option<SwapSender>,
     capture: Option<CaptureHandle>,
-    last_check: Option<Instant>,
+    /// The persistent connection that tells which sources exist and whether anyone records
+    /// from "Krisp Microphone" (instead of `pactl` subprocesses).
+    watch: Option<Watch>,
+    /// Last attempt to connect `watch` (shared-ring output, where it is optional).
+    last_watch_try: Option<Instant>,
     last_input_try: Option<Instant>,
 }
 
@@ -380,7 +392,8 @@ impl Supervisor {
             idle_side: None,
             swap: None,
             capture: None,
-            last_check: None,
+            watch: None,
+            last_watch_try: None,
             last_input_try: None,
         }
     }
@@ -453,6 +466,8 @@ impl Supervisor {
         self.stop_capture();
         self.stop_output();
         self.mic_ready = false;
+        // Reconnect on the next round: the server may be a new one by then.
+        self.watch = None;
     }
 
     /// What the engine feeds, for status lines.
@@ -526,13 +541,24 @@ impl Supervisor {
         {
             side.idle_heartbeat();
         }
-        let due = self
-            .last_check
-            .is_none_or(|t| t.elapsed() >= Duration::from_millis(1000));
-        if due {
-            self.last_check = Some(Instant::now());
-            self.check_capture_source();
+        // The audio server only matters here for the microphone: without a connection, the
+        // capture is not watched (its read fails when the server goes) and inputs are listed
+        // with `pactl`.
+        if self.watch.is_none()
+            && self
+                .last_watch_try
+                .is_none_or(|t| t.elapsed() >= Duration::from_millis(1000))
+        {
+            self.last_watch_try = Some(Instant::now());
+            self.watch = Watch::connect().ok();
         }
+        if let Some(w) = self.watch.as_mut()
+            && let Err(e) = w.update()
+        {
+            tracing::debug!(error = %e, "audio server connection lost");
+            self.watch = None;
+        }
+        self.check_capture_source();
         Ok(())
     }
 
@@ -544,40 +570,61 @@ impl Supervisor {
                 "the audio server closed the virtual microphone stream".into(),
             ));
         }
+        let watch = match self.watch.as_mut() {
+            Some(w) => w,
+            None => self
+                .watch
+                .insert(Watch::connect().map_err(EngineError::Server)?),
+        };
+        // Takes in the server's events; a lost connection means the server is down.
+        watch.update().map_err(EngineError::Server)?;
         if !self.mic_ready {
             self.cfg
                 .mic
                 .create()
                 .map_err(|e| EngineError::Server(e.to_string()))?;
             self.mic_ready = true;
+            // The new source is in the snapshot before it is looked for.
+            watch.refresh().map_err(EngineError::Server)?;
         }
+        // From the snapshot: no I/O, so checked every round (an event refreshes it at once).
+        let listening = match watch.source(&self.cfg.mic.source) {
+            Some(s) => s.running,
+            None => return Err(EngineError::Server("Krisp Microphone disappeared".into())),
+        };
+        self.stats.listeners.store(listening, Ordering::Relaxed);
         if !self.output_started {
             self.start_output()?;
         }
-        let due = self
-            .last_check
-            .is_none_or(|t| t.elapsed() >= Duration::from_millis(1000));
-        if due {
-            self.last_check = Some(Instant::now());
-            if !self.cfg.mic.is_present().unwrap_or(false) {
-                return Err(EngineError::Server("Krisp Microphone disappeared".into()));
-            }
-            let listening = self.cfg.mic.has_listeners().unwrap_or(true);
-            self.stats.listeners.store(listening, Ordering::Relaxed);
-            self.check_capture_source();
-        }
+        self.check_capture_source();
         Ok(())
     }
 
     /// When a source goes away, the server moves its record streams to the default source
     /// instead of ending them, and that default can be Krisp Microphone itself (a feedback
     /// loop). The simple API cannot ask for a stream that is never moved, so the capture is
-    /// checked here and reopened by name.
+    /// checked here and reopened by name: the server's "source removed" event refreshes the
+    /// snapshot, so this notices within a supervision round or two.
     fn check_capture_source(&self) {
-        if let Some(c) = &self.capture
-            && !krisp_vdev::pulse::source_exists(&c.name).unwrap_or(true)
+        if let (Some(c), Some(w)) = (&self.capture, &self.watch)
+            && w.source(&c.name).is_none()
         {
             c.failed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The server's inputs: from the connection's snapshot, or from `pactl` without one.
+    fn inputs(&self) -> Result<Vec<InputInfo>, EngineError> {
+        match &self.watch {
+            Some(w) => Ok(inputs_from(
+                &self.cfg.mic,
+                w.sources()
+                    .into_iter()
+                    .map(|s| (s.name, s.description))
+                    .collect(),
+                &w.default_source(),
+            )),
+            None => list_inputs_with(&self.cfg.mic),
         }
     }
 
@@ -658,8 +705,10 @@ impl Supervisor {
     /// Opens the virtual device's stream and starts its feeder thread; returns the realtime
     /// side's end of the ringbuf between them.
     fn start_pulse_feeder(&mut self) -> Result<Sink, EngineError> {
-        let pa = crate::writer::open(&self.cfg.mic.sink, MIC_RATE, self.cfg.device_buffer_frames)
-            .map_err(EngineError::Server)?;
+        let period = self
+            .cfg
+            .device_period_frames
+            .clamp(1, crate::writer::MAX_PERIOD);
         let rb = HeapRb::<f32>::new(MIC_RATE as usize / 2);
         let (prod, cons) = rb.split();
         let stop = Arc::new(AtomicBool::new(false));
@@ -672,12 +721,16 @@ impl Supervisor {
             jitter: crate::writer::JitterBuffer::new(
                 self.cfg.target_fill,
                 self.cfg.target_fill.max(MAX_JITTER_TARGET),
+                period,
             ),
         };
-        let thread = std::thread::Builder::new()
-            .name("krisp-vdev-writer".into())
-            .spawn(move || w.run(pa))
-            .map_err(EngineError::Thread)?;
+        let thread = crate::writer::start(
+            self.cfg.mic.sink.clone(),
+            MIC_RATE,
+            self.cfg.device_buffer_frames,
+            w,
+        )
+        .map_err(EngineError::Server)?;
         self.writer = Some(WriterHandle {
             stop,
             failed,
@@ -688,7 +741,10 @@ impl Supervisor {
 
     fn try_open_input(&mut self) {
         let wanted = self.control.input();
-        let name = match pick_input(&self.cfg.mic, wanted.as_deref()) {
+        let name = match self
+            .inputs()
+            .and_then(|inputs| pick_input(inputs, wanted.as_deref()))
+        {
             Ok(n) => n,
             Err(e) => {
                 self.set_status(
@@ -701,21 +757,18 @@ impl Supervisor {
                 return;
             }
         };
-        let pa = match crate::capture::open(&name, MIC_RATE, self.cfg.capture_frames as usize) {
-            Ok(pa) => pa,
-            Err(e) => {
-                self.set_status(Health::MicGone, format!("{e}; retrying"));
-                return;
-            }
-        };
+        let frames = self.cfg.capture_frames as usize;
         let side = self.idle_side.take().expect("invariant: checked by caller");
         let stop = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(AtomicBool::new(false));
-        let (st, fl) = (stop.clone(), failed.clone());
-        match std::thread::Builder::new()
-            .name("krisp-capture".into())
-            .spawn(move || crate::capture::run(pa, side, st, fl))
-        {
+        match crate::capture::start(
+            name.clone(),
+            MIC_RATE,
+            frames,
+            side,
+            stop.clone(),
+            failed.clone(),
+        ) {
             Ok(thread) => {
                 self.stats.input_running.store(true, Ordering::Relaxed);
                 self.set_status(
@@ -729,10 +782,12 @@ impl Supervisor {
                     name,
                 });
             }
-            Err(e) => self.set_status(
-                Health::MicGone,
-                format!("cannot start the capture thread: {e}"),
-            ),
+            Err((e, side)) => {
+                // Without the realtime state back (a hung thread), the next round builds a
+                // new path.
+                self.idle_side = side.map(|b| *b);
+                self.set_status(Health::MicGone, format!("{e}; retrying"));
+            }
         }
     }
 }
@@ -751,8 +806,7 @@ fn dsp_config() -> DspConfig {
 
 /// Chooses the source to capture: the wanted one if present, else the default, else the
 /// first real (non-monitor, non-Krisp) source.
-fn pick_input(mic: &VirtualMic, wanted: Option<&str>) -> Result<String, EngineError> {
-    let inputs = list_inputs_with(mic)?;
+fn pick_input(inputs: Vec<InputInfo>, wanted: Option<&str>) -> Result<String, EngineError> {
     if let Some(w) = wanted {
         if let Some(found) = inputs.iter().find(|i| {
             !i.is_own && (i.name == w || i.id == w || i.description.eq_ignore_ascii_case(w))
@@ -775,18 +829,27 @@ fn pick_input(mic: &VirtualMic, wanted: Option<&str>) -> Result<String, EngineEr
 pub(crate) fn list_inputs_with(mic: &VirtualMic) -> Result<Vec<InputInfo>, EngineError> {
     let server = |e: krisp_vdev::pulse::PulseError| EngineError::Server(e.to_string());
     let default = krisp_vdev::pulse::default_source().unwrap_or_default();
-    Ok(krisp_vdev::pulse::list_sources()
+    let sources = krisp_vdev::pulse::list_sources()
         .map_err(server)?
         .into_iter()
-        .map(|s| InputInfo {
-            id: format!("pulseaudio:{}", s.name),
-            is_default: s.name == default,
-            is_own: is_own(mic, &s.name),
-            is_monitor: s.name.ends_with(".monitor"),
-            name: s.name,
-            description: s.description,
+        .map(|s| (s.name, s.description))
+        .collect();
+    Ok(inputs_from(mic, sources, &default))
+}
+
+/// Marks (name, description) pairs as the picker shows them.
+fn inputs_from(mic: &VirtualMic, sources: Vec<(String, String)>, default: &str) -> Vec<InputInfo> {
+    sources
+        .into_iter()
+        .map(|(name, description)| InputInfo {
+            id: format!("pulseaudio:{name}"),
+            is_default: name == default,
+            is_own: is_own(mic, &name),
+            is_monitor: name.ends_with(".monitor"),
+            name,
+            description,
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

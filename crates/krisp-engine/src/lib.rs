@@ -17,9 +17,11 @@
 
 mod capture;
 mod engine;
+mod pa;
 mod rt;
 pub mod socket;
 mod stats;
+mod watch;
 mod writer;
 
 pub use engine::{Control, Engine, EngineConfig, Health, Output, StatusHandle};

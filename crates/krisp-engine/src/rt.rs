@@ -207,6 +207,50 @@ mod tests {
     }
 
     #[test]
+    fn the_io_threads_per_block_work_never_allocates() {
+        use crate::writer::{JitterBuffer, Writer};
+        use std::sync::atomic::AtomicBool;
+        // Capture thread: server blocks of any size, converted and handed on 480 at a time;
+        // feeder thread: one 480-frame period at a time from the ring, through the jitter
+        // buffer, including priming, drops and running dry.
+        let (prod, cons) = HeapRb::<f32>::new(24_000).split();
+        let stats = Arc::new(StatsInner::default());
+        stats.listeners.store(true, Ordering::Relaxed);
+        let mut cfg = Config::new(48_000, 1);
+        cfg.framing = Framing::Chunked;
+        let dn = Denoiser::new(&cfg, &Model::builtin()).unwrap();
+        let mut side = CaptureSide::new(Sink::Queue(prod), dn, stats.clone());
+        let mut writer = Writer {
+            cons,
+            stats: stats.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            failed: Arc::new(AtomicBool::new(false)),
+            jitter: JitterBuffer::new(600, 1_920, CHUNK),
+        };
+        let block: Vec<u8> = (0..2_000)
+            .flat_map(|i| ((i as f32 * 0.05).sin() * 0.2).to_le_bytes())
+            .collect();
+        let mut cbuf = vec![0.0f32; CHUNK];
+        let (mut wbuf, mut wbytes) = (vec![0.0f32; CHUNK], vec![0u8; CHUNK * 4]);
+        assert_no_alloc(|| {
+            for i in 0..600 {
+                let frames = [480, 128, 1_000, 7, 2_000][i % 5];
+                crate::capture::deliver(&block[..frames * 4], &mut cbuf, &mut side);
+                // The feeder runs a little slower, then stalls, then catches up.
+                let writes = if (300..350).contains(&i) { 0 } else { 2 };
+                for _ in 0..writes {
+                    writer.next_period(&mut wbuf, &mut wbytes);
+                }
+            }
+        });
+        assert!(stats.processed_frames.load(Ordering::Relaxed) > 300_000);
+        assert!(
+            stats.underruns.load(Ordering::Relaxed) + stats.drift_dropped.load(Ordering::Relaxed)
+                > 0
+        );
+    }
+
+    #[test]
     fn shared_ring_output_never_allocates_with_or_without_a_reader() {
         use krisp_vdev::shm::{ReaderState, RingConfig, RingFeed, heap_pair};
         let (writer, mut reader) = heap_pair(&RingConfig::new("/rt-test")).unwrap();

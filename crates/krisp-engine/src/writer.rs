@@ -1,5 +1,6 @@
 //! The virtual device's feeder: an I/O thread that takes denoised audio from the ring and
-//! writes it into the virtual sink with blocking writes, which pace it at the device clock.
+//! writes it into the virtual sink whenever the server asks for more, which paces it at the
+//! device clock. It blocks in its own libpulse main loop's poll (see `pa.rs`).
 //!
 //! It plays the part a driver plays on macOS/Windows: when the ring runs dry it writes silence
 //! (the virtual mic never stalls recorders) and counts an underrun; when the ring fills past
@@ -9,19 +10,25 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
 use libpulse_binding::def::BufferAttr;
 use libpulse_binding::sample::{Format, Spec};
-use libpulse_binding::stream::Direction;
-use libpulse_simple_binding::Simple;
+use libpulse_binding::stream::{FlagSet, SeekMode, Stream};
 use ringbuf::HeapCons;
 use ringbuf::traits::{Consumer, Observer};
 
+use crate::pa::{ANSWER_TIMEOUT, Conn};
 use crate::stats::StatsInner;
 
-/// Frames per write (2.7 ms).
-pub(crate) const PERIOD: usize = 128;
-/// Writes per latency-trim window (about 0.7 s).
-const TRIM_WINDOW: usize = 256;
+/// Frames per write by default: one model frame (10 ms), the size the capture side produces.
+/// Writes of 128 frames woke this thread and libpulse's 375 times a second.
+pub(crate) const PERIOD: usize = crate::rt::CHUNK;
+/// Largest write.
+pub(crate) const MAX_PERIOD: usize = 4_800;
+/// Frames per latency-trim window (about 0.7 s).
+const TRIM_WINDOW: usize = 32_768;
 /// Windows without an underrun after which the jitter buffer shrinks by one period (~20 s);
 /// doubled by every underrun, up to 16 times, so that a machine that stalls regularly is not
 /// probed with a dropout every 20 s.
@@ -45,6 +52,8 @@ pub(crate) struct JitterBuffer {
     pub min_target: usize,
     /// Largest target.
     pub max_target: usize,
+    /// Frames per write.
+    pub period: usize,
     primed: bool,
     window_min: usize,
     window_len: usize,
@@ -64,11 +73,12 @@ pub(crate) enum Step {
 }
 
 impl JitterBuffer {
-    pub fn new(min_target: usize, max_target: usize) -> JitterBuffer {
+    pub fn new(min_target: usize, max_target: usize, period: usize) -> JitterBuffer {
         JitterBuffer {
             target: min_target,
             min_target,
             max_target: max_target.max(min_target),
+            period,
             primed: false,
             window_min: usize::MAX,
             window_len: 0,
@@ -92,7 +102,7 @@ impl JitterBuffer {
             return Step::Drop(fill - self.target);
         }
         self.window_min = self.window_min.min(fill);
-        self.window_len += 1;
+        self.window_len += self.period;
         if self.window_len < TRIM_WINDOW {
             return Step::Play;
         }
@@ -105,15 +115,23 @@ impl JitterBuffer {
         self.calm_windows += 1;
         if self.calm_windows >= self.calm_needed && self.target > self.min_target {
             self.calm_windows = 0;
-            self.target = (self.target - PERIOD).max(self.min_target);
+            self.target = (self.target - self.period).max(self.min_target);
         }
-        if min > self.target + PERIOD {
+        if min > self.target + self.period {
             let excess = (min - self.target).min(MAX_TRIM);
             if quiet(excess) {
                 return Step::Drop(excess);
             }
         }
         Step::Play
+    }
+
+    /// Prime again from the current target (a recorder attached after an idle spell); not an
+    /// underrun.
+    pub fn restart(&mut self) {
+        self.primed = false;
+        self.window_min = usize::MAX;
+        self.window_len = 0;
     }
 
     /// The ring ran dry while playing: grow the target by one model frame and re-prime.
@@ -138,43 +156,182 @@ pub(crate) struct Writer {
     pub jitter: JitterBuffer,
 }
 
+/// Longest wait in poll before looking at the stop flag (the server normally asks for more
+/// every period).
+const POLL_US: u64 = 100_000;
+
+/// An open playback stream with its connection.
+struct Playback {
+    // Field order is drop order: the stream before its connection.
+    stream: Stream,
+    conn: Conn,
+    /// The buffer asked for at open (restored when a recorder attaches).
+    attr: BufferAttr,
+}
+
+/// While nobody records from Krisp Microphone, the server holds this much silence for it
+/// (100 ms) and asks for more this much at a time (50 ms): about 20 wake-ups a second instead
+/// of 100-170, and nobody hears the latency. When a recorder attaches, the queued silence is
+/// flushed and the normal buffer is back within one idle poll (50 ms).
+const IDLE_TLENGTH: u32 = 4_800;
+const IDLE_MINREQ: u32 = 2_400;
+const IDLE_POLL_US: u64 = 50_000;
+
 /// Opens a playback stream on `sink`, 48 kHz mono float, asking the server to hold
-/// `buffer_frames` (its own jitter margin: the time our refill may take without a gap).
-pub(crate) fn open(sink: &str, rate: u32, buffer_frames: usize) -> Result<Simple, String> {
+/// `buffer_frames` (its own jitter margin: the time our refill may take without a gap) and to
+/// ask for more `period` frames at a time.
+fn open(sink: &str, rate: u32, buffer_frames: usize, period: usize) -> Result<Playback, String> {
     let spec = Spec {
         format: Format::F32le,
         channels: 1,
         rate,
     };
-    let bytes = (PERIOD * 4) as u32;
+    let bytes = (period * 4) as u32;
     let attr = BufferAttr {
         maxlength: u32::MAX,
-        tlength: (buffer_frames.max(2 * PERIOD) * 4) as u32,
+        tlength: (buffer_frames.max(2 * period) * 4) as u32,
         // No re-buffering after a server-side underrun: the server plays silence and drops
         // what arrives late, so a stall costs a gap but never adds to the latency.
         prebuf: 0,
         minreq: bytes,
         fragsize: u32::MAX,
     };
-    Simple::new(
-        None,
-        "Krisp",
-        Direction::Playback,
-        Some(sink),
-        "Krisp Microphone feed",
-        &spec,
-        None,
-        Some(&attr),
-    )
-    .map_err(|e| format!("cannot open the virtual device: {e}"))
+    let mut conn = Conn::connect("Krisp")?;
+    let mut stream = Stream::new(&mut conn.context, "Krisp Microphone feed", &spec, None)
+        .ok_or("cannot create a playback stream")?;
+    // DONT_MOVE: if our sink goes away the stream ends (and the path is rebuilt) instead of
+    // playing into some other sink.
+    stream
+        .connect_playback(
+            Some(sink),
+            Some(&attr),
+            FlagSet::ADJUST_LATENCY | FlagSet::DONT_MOVE,
+            None,
+            None,
+        )
+        .map_err(|e| format!("cannot open the virtual device: {e}"))?;
+    conn.wait_ready(&stream, "the virtual device")?;
+    let attr = stream.get_buffer_attr().copied().unwrap_or(attr);
+    tracing::debug!(attr = ?stream.get_buffer_attr(), "virtual device stream open");
+    Ok(Playback { stream, conn, attr })
+}
+
+/// Opens the playback stream on `sink` and starts the feeder thread; returns once the stream
+/// is open.
+pub(crate) fn start(
+    sink: String,
+    rate: u32,
+    buffer_frames: usize,
+    writer: Writer,
+) -> Result<JoinHandle<()>, String> {
+    let (tx, rx) = mpsc::sync_channel::<Result<(), String>>(1);
+    let stop = writer.stop.clone();
+    let period = writer.jitter.period;
+    let thread = std::thread::Builder::new()
+        .name("krisp-vdev-writer".into())
+        .spawn(move || match open(&sink, rate, buffer_frames, period) {
+            Ok(pb) => {
+                let _ = tx.send(Ok(()));
+                writer.run(pb);
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        })
+        .map_err(|e| format!("cannot start the feeder thread: {e}"))?;
+    match rx.recv_timeout(ANSWER_TIMEOUT * 2) {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            stop.store(true, Ordering::Relaxed);
+            Err("the audio server did not open the virtual device".into())
+        }
+    }
 }
 
 impl Writer {
-    pub fn run(mut self, pa: Simple) {
+    fn run(mut self, mut pb: Playback) {
         promote_to_realtime();
-        let mut buf = [0.0f32; PERIOD];
-        let mut bytes = [0u8; PERIOD * 4];
+        // Sized once, before the first write.
+        let period = self.jitter.period;
+        let mut buf = vec![0.0f32; period];
+        let mut bytes = vec![0u8; period * 4];
+        let silence = vec![0u8; IDLE_TLENGTH as usize * 4];
+        let idle_attr = BufferAttr {
+            tlength: IDLE_TLENGTH * 4,
+            minreq: IDLE_MINREQ * 4,
+            ..pb.attr
+        };
+        let mut idle = false;
         while !self.stop.load(Ordering::Relaxed) {
+            // Nobody records: large blocks of silence. A recorder attached: the queued
+            // silence is dropped and the jitter buffer primes again, as at start. (The
+            // buffer-attribute requests allocate in libpulse; they happen only at these
+            // switches, never per block.)
+            let listening = self.stats.listeners.load(Ordering::Relaxed);
+            if listening == idle {
+                idle = !listening;
+                if idle {
+                    let _ = pb.stream.set_buffer_attr(&idle_attr, |_| {});
+                } else {
+                    let _ = pb.stream.set_buffer_attr(&pb.attr, |_| {});
+                    let _ = pb.stream.flush(None);
+                    self.jitter.restart();
+                }
+            }
+            let timeout = if idle { IDLE_POLL_US } else { POLL_US };
+            if pb.conn.wait(timeout).is_err() || !pb.conn.good() || !pb.stream.get_state().is_good()
+            {
+                self.failed.store(true, Ordering::Relaxed);
+                return;
+            }
+            let mut room = pb.stream.writable_size().unwrap_or(0) / 4;
+            if idle {
+                // The realtime side passes silence while nobody records: drop it unplayed.
+                self.cons.skip(self.cons.occupied_len());
+                self.stats.ring_fill.store(0, Ordering::Relaxed);
+                if room >= IDLE_MINREQ as usize {
+                    let n = room.min(IDLE_TLENGTH as usize);
+                    if pb
+                        .stream
+                        .write(&silence[..n * 4], None, 0, SeekMode::Relative)
+                        .is_err()
+                    {
+                        self.failed.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                }
+                continue;
+            }
+            while room >= period && !self.stop.load(Ordering::Relaxed) {
+                room -= period;
+                if self
+                    .write_one(&mut pb.stream, &mut buf, &mut bytes)
+                    .is_err()
+                {
+                    self.failed.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One period from the ring (or silence) into the stream.
+    fn write_one(
+        &mut self,
+        stream: &mut Stream,
+        buf: &mut [f32],
+        bytes: &mut [u8],
+    ) -> Result<(), libpulse_binding::error::PAErr> {
+        self.next_period(buf, bytes);
+        stream.write(bytes, None, 0, SeekMode::Relative)
+    }
+
+    /// The next period to play, from the ring or silence, as the server's bytes: the jitter
+    /// buffer's decision, drops, underrun counting. Allocation- and syscall-free.
+    pub(crate) fn next_period(&mut self, buf: &mut [f32], bytes: &mut [u8]) {
+        let period = buf.len();
+        {
             let fill = self.cons.occupied_len();
             let cons = &self.cons;
             let step = self.jitter.step(fill, |n| {
@@ -191,11 +348,11 @@ impl Writer {
                     self.stats
                         .drift_dropped
                         .fetch_add(dropped as u64, Ordering::Relaxed);
-                    self.cons.pop_slice(&mut buf)
+                    self.cons.pop_slice(buf)
                 }
-                Step::Play => self.cons.pop_slice(&mut buf),
+                Step::Play => self.cons.pop_slice(buf),
             };
-            if got < PERIOD {
+            if got < period {
                 buf[got..].fill(0.0);
                 if step != Step::Wait
                     && self.jitter.ran_dry()
@@ -212,10 +369,6 @@ impl Writer {
                 .store(self.jitter.target as u64, Ordering::Relaxed);
             for (b, s) in bytes.chunks_exact_mut(4).zip(buf.iter()) {
                 b.copy_from_slice(&s.to_le_bytes());
-            }
-            if pa.write(&bytes).is_err() {
-                self.failed.store(true, Ordering::Relaxed);
-                return;
             }
         }
     }
@@ -239,6 +392,9 @@ mod tests {
     use super::*;
     use crate::rt::CHUNK;
 
+    /// The writes of 128 frames the policy was first tuned with (the default is now 480).
+    const W: usize = 128;
+
     /// Plays `cycles` writes against a producer that delivers `burst(i)` samples before write
     /// `i`, the ring holding `fill`; returns (underruns, samples dropped, final target).
     fn simulate_from(
@@ -259,10 +415,10 @@ mod tests {
             let got = if step == Step::Wait {
                 0
             } else {
-                avail.min(PERIOD)
+                avail.min(jb.period)
             };
             *fill = avail - got;
-            if got < PERIOD && step != Step::Wait && jb.ran_dry() {
+            if got < jb.period && step != Step::Wait && jb.ran_dry() {
                 underruns += 1;
             }
         }
@@ -285,7 +441,7 @@ mod tests {
 
     #[test]
     fn a_steady_stream_never_underruns_and_keeps_the_configured_target() {
-        let mut jb = JitterBuffer::new(600, 4_800);
+        let mut jb = JitterBuffer::new(600, 4_800, W);
         let (u, d, t) = simulate(&mut jb, 100_000, steady);
         assert_eq!(u, 0);
         assert_eq!(t, 600);
@@ -293,8 +449,28 @@ mod tests {
     }
 
     #[test]
+    fn model_frame_writes_keep_the_target_and_shed_a_fast_clock() {
+        // One 480-frame write per 480-frame chunk, in step.
+        let mut jb = JitterBuffer::new(600, 4_800, CHUNK);
+        let (u, d, t) = simulate(&mut jb, 100_000, |_| CHUNK);
+        assert_eq!((u, t), (0, 600));
+        assert!(d < 2_000, "dropped {d}");
+        // The mic's clock 1 % fast: the excess is dropped, nothing underruns.
+        let mut jb = JitterBuffer::new(600, 4_800, CHUNK);
+        let mut owed = 0.0f64;
+        let (u, d, _) = simulate(&mut jb, 50_000, |_| {
+            owed += CHUNK as f64 * 1.01;
+            let n = owed as usize;
+            owed -= n as f64;
+            n
+        });
+        assert_eq!(u, 0);
+        assert!(d > 50_000 * CHUNK / 200, "the excess was dropped: {d}");
+    }
+
+    #[test]
     fn stalls_grow_the_buffer_until_they_no_longer_cause_underruns_then_it_shrinks_back() {
-        let mut jb = JitterBuffer::new(600, 4_800);
+        let mut jb = JitterBuffer::new(600, 4_800, W);
         // Every ~0.35 s the producer stalls for 20 ms (7.5 writes) and then catches up.
         let stall = |i: usize| {
             let k = i % 128;
@@ -302,9 +478,9 @@ mod tests {
                 0
             } else if k == 108 {
                 // Everything owed for the stall arrives at once, with this write's share.
-                9 * PERIOD
+                9 * W
             } else {
-                PERIOD
+                W
             }
         };
         let fill = &mut 0;
@@ -314,35 +490,35 @@ mod tests {
         let (later, _, _) = simulate_from(&mut jb, fill, 20_000, stall);
         assert_eq!(later, 0, "after growing, the same stalls cause no underrun");
         // Calm again: the target returns to the configured one, a period per calm spell.
-        let (u, _, t) = simulate_from(&mut jb, fill, 4_000_000, |_| PERIOD);
+        let (u, _, t) = simulate_from(&mut jb, fill, 4_000_000, |_| W);
         assert_eq!(u, 0);
         assert_eq!(t, 600);
     }
 
     #[test]
     fn a_fast_producer_cannot_make_latency_creep() {
-        let mut jb = JitterBuffer::new(600, 4_800);
+        let mut jb = JitterBuffer::new(600, 4_800, W);
         // The mic's clock runs 1 % fast: one extra sample every 100.
         let mut owed = 0.0f64;
         let (u, d, _) = simulate(&mut jb, 50_000, |_| {
-            owed += PERIOD as f64 * 1.01;
+            owed += W as f64 * 1.01;
             let n = owed as usize;
             owed -= n as f64;
             n
         });
         assert_eq!(u, 0);
-        assert!(d > 50_000 * PERIOD / 200, "the excess was dropped: {d}");
+        assert!(d > 50_000 * W / 200, "the excess was dropped: {d}");
     }
 
     #[test]
     fn loud_excess_is_kept_until_a_quiet_moment() {
-        let mut jb = JitterBuffer::new(600, 4_800);
+        let mut jb = JitterBuffer::new(600, 4_800, W);
         let mut fill = 2_000;
-        for _ in 0..TRIM_WINDOW * 3 {
+        for _ in 0..TRIM_WINDOW / W * 3 {
             match jb.step(fill, |_| false) {
                 Step::Drop(_) => panic!("dropped audible samples"),
                 Step::Wait => unreachable!("the ring is above target"),
-                Step::Play => fill = fill - PERIOD + PERIOD,
+                Step::Play => fill = fill - W + W,
             }
         }
         // Overflow beyond the hard bound is dropped regardless.
