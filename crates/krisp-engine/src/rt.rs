@@ -219,7 +219,8 @@ mod tests {
         let mut cfg = Config::new(48_000, 1);
         cfg.framing = Framing::Chunked;
         let dn = Denoiser::new(&cfg, &Model::builtin()).unwrap();
-        let mut side = CaptureSide::new(Sink::Queue(prod), dn, stats.clone());
+        let (_swap, rt) = swap_channel(dn);
+        let mut side = CaptureSide::new(Sink::Queue(prod), rt, stats.clone());
         let mut writer = Writer {
             cons,
             stats: stats.clone(),
