@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::audio_server::{AudioServer, Kind, have, required};
-use common::{Krisp, Player, record_pair, speech_and_noisy};
+use common::{ChildGuard, Krisp, Player, record_pair, speech_and_noisy};
 use krisp_testkit::write_f32_wav;
 
 /// Colours of `krisp_app::ui::colors` (the binary's; repeated here as the test's contract).
@@ -466,7 +466,7 @@ fn the_window_and_the_tray_drive_the_microphone() {
     assert_eq!(off.count(PROBLEM), 0, "a problem banner while all is well");
 
     // On, with a call app listening (as Zoom would): the switch is green and the meters move.
-    let _listener = Player(
+    let _listener = ChildGuard(
         server
             .cmd("parecord")
             .args(["-d", "krisp_mic", "--raw"])

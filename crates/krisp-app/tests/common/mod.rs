@@ -28,8 +28,27 @@ pub fn speech_and_noisy(secs: f32, snr_db: f64) -> (Vec<f32>, Vec<f32>) {
 /// returns how much later (in samples) sample k arrives from `b` than sample k from `a`, as
 /// a recording program experiences it: each blocking read returns when its last sample has
 /// arrived, so the earliest `read time - index/48000` over all reads is the stream's origin.
+///
+/// A recording that has not finished by twice its length plus 20 s fails the test with a
+/// message instead of hanging (a read blocks for as long as a source delivers nothing).
 pub fn record_pair(server: &AudioServer, a: &str, b: &str, secs: f32) -> (Vec<f32>, Vec<f32>, i64) {
     let addr = format!("unix:{}/pulse/native", server.runtime_dir().display());
+    let (a2, b2) = (a.to_string(), b.to_string());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(record_pair_at(&addr, &a2, &b2, secs));
+    });
+    let limit = Duration::from_secs_f32(secs * 2.0 + 20.0);
+    rx.recv_timeout(limit).unwrap_or_else(|_| {
+        panic!(
+            "recording {a} and {b} for {secs} s did not finish in {limit:?}: a source delivered \
+             nothing (logs in {})",
+            server.runtime_dir().display()
+        )
+    })
+}
+
+fn record_pair_at(addr: &str, a: &str, b: &str, secs: f32) -> (Vec<f32>, Vec<f32>, i64) {
     let spec = Spec {
         format: Format::F32le,
         channels: 1,
@@ -44,7 +63,7 @@ pub fn record_pair(server: &AudioServer, a: &str, b: &str, secs: f32) -> (Vec<f3
     };
     let open = |dev: &str| {
         Simple::new(
-            Some(&addr),
+            Some(addr),
             "krisp-e2e",
             Direction::Record,
             Some(dev),
@@ -232,27 +251,76 @@ impl Drop for Krisp {
     }
 }
 
-/// Plays `wav` into the fake microphone; killed on drop.
-pub struct Player(pub Child);
+/// A child process killed (and reaped) on drop.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Plays `wav` into the fake microphone, starting paplay again whenever it exits (a run once
+/// hung for 20 minutes: paplay had died at start on PipeWire, the fake mic fell silent and
+/// idle, and a recording waited for samples forever). Its stderr goes to `paplay.log` in the
+/// server's runtime directory. Stopped on drop.
+pub struct Player {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    keeper: Option<std::thread::JoinHandle<()>>,
+}
 
 impl Player {
     pub fn start(server: &AudioServer, wav: &Path) -> Player {
-        Player(
-            server
-                .cmd("paplay")
-                .args(["-d", "fake_mic_sink"])
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The keeper thread cannot borrow the server: the commands for paplay's first start
+        // and for up to 64 restarts are made here.
+        let log_path = server.runtime_dir().join("paplay.log");
+        let mut cmds = (0..65).map(|_| {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .unwrap();
+            let mut c = server.cmd("paplay");
+            c.args(["-d", "fake_mic_sink"])
                 .arg(wav)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
+                .stderr(log);
+            c
+        });
+        let first = cmds.next().unwrap().spawn().unwrap();
+        let cmds: Vec<Command> = cmds.collect();
+        let stop2 = stop.clone();
+        let keeper = std::thread::spawn(move || {
+            let mut child = first;
+            let mut cmds = cmds.into_iter();
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok(Some(status)) = child.try_wait() {
+                    eprintln!("test player: paplay exited ({status}); starting it again");
+                    match cmds.next().map(|mut c| c.spawn()) {
+                        Some(Ok(c)) => child = c,
+                        _ => return,
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        });
+        Player {
+            stop,
+            keeper: Some(keeper),
+        }
     }
 }
 
 impl Drop for Player {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(k) = self.keeper.take() {
+            let _ = k.join();
+        }
     }
 }
