@@ -2,6 +2,7 @@
 //! fake microphone playing real noisy speech, `krisp run --headless`, and recordings from
 //! "Krisp Microphone". Runs on PulseAudio and on PipeWire (pipewire-pulse).
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -13,27 +14,6 @@ use common::*;
 const SI_SDR_MARGIN_DB: f64 = 2.0;
 /// SNR of the speech + noise the fake microphone plays.
 const MIX_SNR_DB: f64 = 5.0;
-
-/// Why a recording attempt failed.
-#[derive(Debug)]
-enum Failure {
-    /// Krisp did not do its job.
-    Krisp(String),
-    /// The audio server could not even carry the test's own fake microphone cleanly, so this
-    /// attempt says nothing about Krisp.
-    Environment(String),
-}
-
-/// Returns early with the failure as an error instead of panicking, so that one run of the
-/// recording phase can be retried (and reported) on a machine that was momentarily starved.
-macro_rules! check {
-    ($cond:expr, $($fmt:tt)+) => {
-        let ok: bool = $cond;
-        if !ok {
-            return Err(Failure::Krisp(format!($($fmt)+)));
-        }
-    };
-}
 
 /// Records 20 s from the fake mic and "Krisp Microphone" (and with parecord), switching
 /// noise removal off after 14 s, and checks latency, noise reduction, dropouts and the

@@ -8,6 +8,7 @@
 //! age of the audio played; a reader that goes away and comes back gets fresh audio (never
 //! the stale queue); an app that is killed leaves silence, and its restart is picked up.
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -201,24 +202,6 @@ fn si_sdr_gain(
         w += 24_000;
     }
     (median(befores), median(gains), median(corrs))
-}
-
-/// Why a take failed.
-#[derive(Debug)]
-enum Failure {
-    /// The app (or the protocol) did not do its job.
-    Krisp(String),
-    /// This test's own reader thread was starved for long: the take says nothing.
-    Environment(String),
-}
-
-macro_rules! check {
-    ($cond:expr, $($fmt:tt)+) => {
-        let ok: bool = $cond;
-        if !ok {
-            return Err(Failure::Krisp(format!($($fmt)+)));
-        }
-    };
 }
 
 /// Judges a steady take of 12 s; returns the file offset of the output (index in `noisy` =

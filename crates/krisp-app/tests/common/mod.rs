@@ -251,6 +251,29 @@ impl Drop for Krisp {
     }
 }
 
+/// Why one attempt of a measured recording failed (the e2e tests retry an attempt that a
+/// momentarily starved machine spoiled, and report both kinds).
+#[derive(Debug)]
+pub enum Failure {
+    /// Krisp (the app or the protocol) did not do its job.
+    Krisp(String),
+    /// The test's own audio (fake microphone, reader thread) was spoiled by the machine: the
+    /// attempt says nothing about Krisp.
+    Environment(String),
+}
+
+/// Returns early with a [`Failure::Krisp`] instead of panicking, so an attempt can be retried
+/// and reported.
+#[allow(unused_macros)]
+macro_rules! check {
+    ($cond:expr, $($fmt:tt)+) => {
+        let ok: bool = $cond;
+        if !ok {
+            return Err($crate::common::Failure::Krisp(format!($($fmt)+)));
+        }
+    };
+}
+
 /// A child process killed (and reaped) on drop.
 pub struct ChildGuard(pub Child);
 
