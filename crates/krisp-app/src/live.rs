@@ -355,6 +355,12 @@ fn print_status(r: &Response) {
         "xruns:         {} underruns, {} overruns, {} samples dropped for drift; {} restarts",
         s.underruns, s.overruns, s.drift_dropped, s.restarts
     );
+    if s.output == krisp_engine::OUTPUT_VIRTUAL_MIC {
+        println!(
+            "buffers:       jitter {:.1} ms, device {:.1} ms ({} server underflows)",
+            s.jitter_buffer_ms, s.device_buffer_ms, s.device_underflows
+        );
+    }
     if s.late_model_frames > 0 {
         println!(
             "model:         {} frames late (output as silence): this machine is too slow for \

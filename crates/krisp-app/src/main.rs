@@ -92,8 +92,9 @@ enum Command {
         /// latency, higher survives a busier machine.
         #[arg(long)]
         buffer_ms: Option<f32>,
-        /// Audio the audio server holds for Krisp Microphone, in milliseconds (default 32):
-        /// lower is less latency, higher survives longer stalls of this machine.
+        /// Audio the audio server holds for Krisp Microphone at start, in milliseconds
+        /// (default 32; it grows by 10 after each gap the server reports, up to 52): lower is
+        /// less latency, higher survives longer stalls of this machine.
         #[arg(long)]
         device_buffer_ms: Option<f32>,
         /// Control socket path (default: $XDG_RUNTIME_DIR/krisp/control.sock).

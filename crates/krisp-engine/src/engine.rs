@@ -21,11 +21,16 @@ use crate::{EngineError, InputInfo};
 /// is too starved for a call anyway, and latency matters more.
 const MAX_JITTER_TARGET: usize = 1_920;
 
-/// Default server-side buffer of the virtual device (frames): 32 ms. Measured on the 2-core
-/// shared VMs we test on, 16 ms left the audio server short of data about once a second
-/// whenever the machine stalled (a gap the engine cannot see through the simple API); 32 ms
-/// left none. `--device-buffer-ms` trades it back for latency on a quiet machine.
+/// Default server-side buffer of the virtual device at start (frames): 32 ms. It grows by
+/// 10 ms after each underflow the server reports, up to [`MAX_DEVICE_BUFFER`]
+/// (`writer::DeviceBuffer`). Measured on the 2-core shared VMs we test on
+/// (`e2e_linux`, PulseAudio): starting at 16 ms, half the runs had a gap in their first
+/// seconds before the buffer grew, and the added latency measured from outside was not lower
+/// (50-66 ms against 41-57 ms): most of it is capture framing, the model, the jitter buffer
+/// and the server's own scheduling, not this buffer. `--device-buffer-ms` sets the start.
 pub const DEFAULT_DEVICE_BUFFER: usize = 1_536;
+/// Largest the virtual device's server-side buffer grows to after underflows (52 ms).
+pub const MAX_DEVICE_BUFFER: usize = 2_496;
 
 /// Where the engine puts the denoised audio.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -723,6 +728,7 @@ impl Supervisor {
                 self.cfg.target_fill.max(MAX_JITTER_TARGET),
                 period,
             ),
+            max_device_buffer: self.cfg.device_buffer_frames.max(MAX_DEVICE_BUFFER),
         };
         let thread = crate::writer::start(
             self.cfg.mic.sink.clone(),
@@ -736,7 +742,7 @@ impl Supervisor {
             failed,
             thread,
         });
-        Ok(Sink::Queue(prod))
+        Ok(Sink::Queue(Box::new(crate::steer::SteeredQueue::new(prod))))
     }
 
     fn try_open_input(&mut self) {

@@ -21,6 +21,7 @@ mod pa;
 mod rt;
 pub mod socket;
 mod stats;
+mod steer;
 mod watch;
 mod writer;
 

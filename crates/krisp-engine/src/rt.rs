@@ -18,20 +18,19 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use crate::stats::StatsInner;
+use crate::steer::SteeredQueue;
 use krisp_dsp::SwapReceiver;
 use krisp_vdev::shm::{RingFeed, monotonic_ns};
-use ringbuf::HeapProd;
-use ringbuf::traits::Producer;
-
-use crate::stats::StatsInner;
 
 /// Samples per processing chunk (10 ms at 48 kHz).
 pub(crate) const CHUNK: usize = 480;
 
 /// Where the denoised audio goes.
 pub(crate) enum Sink {
-    /// The ringbuf the PulseAudio feeder thread drains.
-    Queue(HeapProd<f32>),
+    /// The ringbuf the PulseAudio feeder thread drains, behind drift steering (boxed: it
+    /// carries the resampler).
+    Queue(Box<SteeredQueue>),
     /// The shared-memory ring a driver reads (boxed: it carries the resampler).
     Ring(Box<RingFeed>),
 }
@@ -111,8 +110,8 @@ impl CaptureSide {
                 .store(rms.to_bits(), Ordering::Relaxed);
         }
         match &mut self.sink {
-            Sink::Queue(prod) => {
-                if prod.push_slice(&self.outbuf) < CHUNK {
+            Sink::Queue(q) => {
+                if !q.push(&self.outbuf, &self.stats, monotonic_ns()) {
                     self.stats.overruns.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -170,7 +169,11 @@ mod tests {
         let dn = Denoiser::new(&cfg, &Model::builtin()).unwrap();
         let handle = dn.handle();
         let (mut swap, rt) = swap_channel(dn);
-        let mut side = CaptureSide::new(Sink::Queue(prod), rt, stats.clone());
+        let mut side = CaptureSide::new(
+            Sink::Queue(Box::new(SteeredQueue::new(prod))),
+            rt,
+            stats.clone(),
+        );
         let block: Vec<f32> = (0..479).map(|i| (i as f32 * 0.05).sin() * 0.2).collect();
         let mut sink = vec![0.0f32; 4_800];
         let mut run = |from: usize, to: usize| {
@@ -220,13 +223,18 @@ mod tests {
         cfg.framing = Framing::Chunked;
         let dn = Denoiser::new(&cfg, &Model::builtin()).unwrap();
         let (_swap, rt) = swap_channel(dn);
-        let mut side = CaptureSide::new(Sink::Queue(prod), rt, stats.clone());
+        let mut side = CaptureSide::new(
+            Sink::Queue(Box::new(SteeredQueue::new(prod))),
+            rt,
+            stats.clone(),
+        );
         let mut writer = Writer {
             cons,
             stats: stats.clone(),
             stop: Arc::new(AtomicBool::new(false)),
             failed: Arc::new(AtomicBool::new(false)),
             jitter: JitterBuffer::new(600, 1_920, CHUNK),
+            max_device_buffer: 2_304,
         };
         let block: Vec<u8> = (0..2_000)
             .flat_map(|i| ((i as f32 * 0.05).sin() * 0.2).to_le_bytes())

@@ -250,6 +250,8 @@ mod tests {
                 vad: 0.0,
                 added_latency_ms: 0.0,
                 jitter_buffer_ms: 0.0,
+                device_buffer_ms: 0.0,
+                device_underflows: 0,
                 cpu_load: 0.0,
                 input_running: false,
                 output_running: false,

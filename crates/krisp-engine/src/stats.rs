@@ -30,6 +30,16 @@ pub(crate) struct StatsInner {
     pub ring: OnceLock<RingInfo>,
     /// Microphone level (f32 bits) while the model idles because nobody listens.
     pub idle_input_rms: AtomicU32,
+    /// The virtual device's server-side buffer now, frames (adaptive).
+    pub device_buffer: AtomicU64,
+    /// Times the audio server ran out of our audio while someone recorded.
+    pub device_underflows: AtomicU64,
+    /// Bumped by the feeder each time its jitter buffer primes (the queue's level is set
+    /// anew): the capture side's drift steering takes a new setpoint.
+    pub prime_epoch: AtomicU64,
+    /// When the feeder last took a period from the queue (monotonic ns): the drift steering's
+    /// view of the device clock's phase.
+    pub last_pop_ns: AtomicU64,
 }
 
 /// The shared ring the engine writes, for status.
@@ -121,6 +131,14 @@ pub struct StatsSnapshot {
     /// underruns on a starved machine, shrinking back when calm.
     #[serde(default)]
     pub jitter_buffer_ms: f32,
+    /// The virtual device's server-side buffer in ms: small at start, grown by 10 ms after
+    /// each server underflow (up to a bound). 0 for the shared ring.
+    #[serde(default)]
+    pub device_buffer_ms: f32,
+    /// Times the audio server ran out of our audio while someone recorded (a gap the
+    /// recorder heard; each one grows the device buffer).
+    #[serde(default)]
+    pub device_underflows: u64,
     /// Where the denoised audio goes: `virtual-mic` (the PulseAudio/PipeWire source "Krisp
     /// Microphone") or `shared-ring` (the shared-memory ring of the macOS/Windows drivers).
     #[serde(default)]
@@ -177,6 +195,8 @@ impl Stats {
             listeners,
             restarts: i.restarts.load(r),
             jitter_buffer_ms: i.jitter_target.load(r) as f32 / rate * 1000.0,
+            device_buffer_ms: i.device_buffer.load(r) as f32 / rate * 1000.0,
+            device_underflows: i.device_underflows.load(r),
             output: if ring.is_some() {
                 OUTPUT_SHARED_RING
             } else {

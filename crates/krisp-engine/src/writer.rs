@@ -55,6 +55,8 @@ pub(crate) struct JitterBuffer {
     /// Frames per write.
     pub period: usize,
     primed: bool,
+    /// Times it primed (see `StatsInner::prime_epoch`).
+    pub primes: u64,
     window_min: usize,
     window_len: usize,
     calm_windows: u32,
@@ -80,6 +82,7 @@ impl JitterBuffer {
             max_target: max_target.max(min_target),
             period,
             primed: false,
+            primes: 0,
             window_min: usize::MAX,
             window_len: 0,
             calm_windows: 0,
@@ -95,6 +98,7 @@ impl JitterBuffer {
                 return Step::Wait;
             }
             self.primed = true;
+            self.primes += 1;
             self.window_min = usize::MAX;
             self.window_len = 0;
         }
@@ -148,12 +152,51 @@ impl JitterBuffer {
     }
 }
 
+/// The server-side buffer of the virtual device's stream, adaptive like the jitter buffer:
+/// it starts small (latency) and grows by one model frame each time the server reports that
+/// it ran out of our audio (an underflow: the recorder heard a gap), up to `max`. It does not
+/// shrink within a stream's life: a machine that stalled once tends to stall again, and a
+/// 10 ms step back would be probed with an audible gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeviceBuffer {
+    /// Frames asked of the server now.
+    pub frames: usize,
+    /// Largest it grows to.
+    pub max: usize,
+}
+
+/// Growth per server underflow (one model frame, 10 ms).
+const DEVICE_STEP: usize = crate::rt::CHUNK;
+/// Underflows within this long of opening, flushing or re-sizing the buffer are the server
+/// noticing an empty buffer we had not filled yet, not a late write.
+const UNDERFLOW_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
+
+impl DeviceBuffer {
+    pub fn new(frames: usize, max: usize) -> DeviceBuffer {
+        DeviceBuffer {
+            frames,
+            max: max.max(frames),
+        }
+    }
+
+    /// The server ran dry: the new size, if it can grow.
+    pub fn underflow(&mut self) -> Option<usize> {
+        if self.frames >= self.max {
+            return None;
+        }
+        self.frames = (self.frames + DEVICE_STEP).min(self.max);
+        Some(self.frames)
+    }
+}
+
 pub(crate) struct Writer {
     pub cons: HeapCons<f32>,
     pub stats: Arc<StatsInner>,
     pub stop: Arc<AtomicBool>,
     pub failed: Arc<AtomicBool>,
     pub jitter: JitterBuffer,
+    /// Largest server-side buffer (frames) the device buffer may grow to after underflows.
+    pub max_device_buffer: usize,
 }
 
 /// Longest wait in poll before looking at the stop flag (the server normally asks for more
@@ -263,6 +306,18 @@ impl Writer {
             ..pb.attr
         };
         let mut idle = false;
+        // Server underflows, counted by libpulse's callback (it runs inside `conn.wait`, on
+        // this thread). The box is made here, once.
+        let underflows = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let seen = underflows.clone();
+        pb.stream
+            .set_underflow_callback(Some(Box::new(move || seen.set(seen.get() + 1))));
+        let mut handled = 0u64;
+        let mut settled = std::time::Instant::now();
+        let mut device = DeviceBuffer::new((pb.attr.tlength / 4) as usize, self.max_device_buffer);
+        self.stats
+            .device_buffer
+            .store(device.frames as u64, Ordering::Relaxed);
         while !self.stop.load(Ordering::Relaxed) {
             // Nobody records: large blocks of silence. A recorder attached: the queued
             // silence is dropped and the jitter buffer primes again, as at start. (The
@@ -277,6 +332,27 @@ impl Writer {
                     let _ = pb.stream.set_buffer_attr(&pb.attr, |_| {});
                     let _ = pb.stream.flush(None);
                     self.jitter.restart();
+                }
+                settled = std::time::Instant::now();
+            }
+            if underflows.get() != handled {
+                handled = underflows.get();
+                if !idle && settled.elapsed() > UNDERFLOW_GRACE {
+                    self.stats.device_underflows.fetch_add(1, Ordering::Relaxed);
+                    let before = device.frames;
+                    if let Some(frames) = device.underflow() {
+                        // Rare (a stall the recorder heard); libpulse allocates for the
+                        // request, as at the idle switches.
+                        pb.attr.tlength = (frames * 4) as u32;
+                        let _ = pb.stream.set_buffer_attr(&pb.attr, |_| {});
+                        self.stats
+                            .device_buffer
+                            .store(frames as u64, Ordering::Relaxed);
+                        self.stats
+                            .latency_samples
+                            .fetch_add((frames - before) as u64, Ordering::Relaxed);
+                        settled = std::time::Instant::now();
+                    }
                 }
             }
             let timeout = if idle { IDLE_POLL_US } else { POLL_US };
@@ -367,6 +443,12 @@ impl Writer {
             self.stats
                 .jitter_target
                 .store(self.jitter.target as u64, Ordering::Relaxed);
+            self.stats
+                .prime_epoch
+                .store(self.jitter.primes, Ordering::Relaxed);
+            self.stats
+                .last_pop_ns
+                .store(krisp_vdev::shm::monotonic_ns(), Ordering::Relaxed);
             for (b, s) in bytes.chunks_exact_mut(4).zip(buf.iter()) {
                 b.copy_from_slice(&s.to_le_bytes());
             }
@@ -391,6 +473,17 @@ pub(crate) fn promote_to_realtime() {
 mod tests {
     use super::*;
     use crate::rt::CHUNK;
+
+    #[test]
+    fn the_device_buffer_grows_one_frame_per_underflow_up_to_its_bound() {
+        let mut d = DeviceBuffer::new(768, 2_304);
+        let sizes: Vec<_> = std::iter::from_fn(|| d.underflow()).collect();
+        assert_eq!(sizes, vec![1_248, 1_728, 2_208, 2_304]);
+        assert_eq!(d.underflow(), None, "stays at its bound");
+        // A starting size above the bound is kept, never shrunk.
+        let mut big = DeviceBuffer::new(4_800, 2_304);
+        assert_eq!((big.frames, big.underflow()), (4_800, None));
+    }
 
     /// The writes of 128 frames the policy was first tuned with (the default is now 480).
     const W: usize = 128;
