@@ -947,15 +947,18 @@ mod loom_tests {
     /// Runs `f` under loom with at most `preemptions` preemptions and reports the executions
     /// explored.
     fn check(name: &str, preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
-        static RUNS: AtomicUsize = AtomicUsize::new(0);
-        RUNS.store(0, StdOrdering::Relaxed);
+        let runs = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&runs);
         let mut builder = loom::model::Builder::new();
         builder.preemption_bound = Some(preemptions);
         builder.check(move || {
-            RUNS.fetch_add(1, StdOrdering::Relaxed);
+            counter.fetch_add(1, StdOrdering::Relaxed);
             f()
         });
-        println!("{name}: {} executions", RUNS.load(StdOrdering::Relaxed));
+        println!(
+            "{name}: {} executions, preemption bound {preemptions}",
+            runs.load(StdOrdering::Relaxed)
+        );
     }
 
     /// Read-after-write: the reader sees published frames complete (writer's Release store of
