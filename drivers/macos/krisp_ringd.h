@@ -5,7 +5,8 @@
  *
  * Both sides compile these structs from this one header, so their layout (including the
  * padding before `size`) is the same by construction. The Rust app mirrors them in
- * crates/krisp-vdev (macOS, not written yet: see drivers/README.md).
+ * crates/krisp-vdev/src/shm/macos.rs, which asserts the sizes and offsets (never compiled
+ * for macOS yet: see drivers/README.md).
  */
 #ifndef KRISP_RINGD_H
 #define KRISP_RINGD_H

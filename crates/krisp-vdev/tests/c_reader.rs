@@ -2,7 +2,8 @@
 //! reader (`drivers/common/test/c_reader.c`) against `drivers/common/krisp_ring.h` with the
 //! system C compiler and checks it against the Rust writer over real POSIX shared memory:
 //! field offsets, checksum/validation, index publication, and a streaming run through the C
-//! `krisp_ring_read` that the drivers call from their IO paths.
+//! `krisp_ring_read` that the drivers call from their IO paths. The C side runs under
+//! AddressSanitizer and UndefinedBehaviorSanitizer when the compiler can build with them.
 
 use krisp_vdev::shm::{RingConfig, RingWriter};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,16 @@ fn drivers_common() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../drivers/common")
 }
 
+/// AddressSanitizer and UndefinedBehaviorSanitizer on the C reader: `krisp_ring_read` writing
+/// past the caller's period buffer, or undefined arithmetic in the header's index and checksum
+/// code, aborts the C process and fails the test. (The ring itself is an `mmap`, which ASan does
+/// not guard; TSan cannot see across the two processes: `tests/ring_threads.rs` covers that.)
+const SANITIZE: &[&str] = &[
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=all",
+    "-fno-omit-frame-pointer",
+];
+
 /// Builds the C reader once; `None` (with a loud message) if no C compiler is installed.
 fn c_reader() -> Option<&'static Path> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
@@ -21,28 +32,39 @@ fn c_reader() -> Option<&'static Path> {
         let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("krisp_c_reader");
         let dir = drivers_common();
-        let status = Command::new(&cc)
-            .args([
-                "-std=c11",
-                "-O2",
-                "-Wall",
-                "-Wextra",
-                "-Werror",
-                "-pedantic",
-                "-I",
-            ])
-            .arg(&dir)
-            .arg(dir.join("test/c_reader.c"))
-            .arg("-o")
-            .arg(&out)
-            .status();
-        match status {
-            Ok(s) if s.success() => Some(out),
-            Ok(s) => panic!("compiling the C reader against krisp_ring.h failed: {s}"),
+        let compile = |extra: &[&str]| {
+            Command::new(&cc)
+                .args([
+                    "-std=c11",
+                    "-O2",
+                    "-Wall",
+                    "-Wextra",
+                    "-Werror",
+                    "-pedantic",
+                    "-I",
+                ])
+                .arg(&dir)
+                .args(extra)
+                .arg(dir.join("test/c_reader.c"))
+                .arg("-o")
+                .arg(&out)
+                .status()
+        };
+        match compile(SANITIZE) {
+            Ok(s) if s.success() => return Some(out),
+            Ok(_) => eprintln!(
+                "\n*** C reader NOT under ASan/UBSan: '{cc}' cannot build with {SANITIZE:?} \
+                 (no libasan/libubsan?); building it without ***\n"
+            ),
             Err(e) => {
                 eprintln!("\n*** SKIPPING C layout tests: no C compiler '{cc}' ({e}) ***\n");
-                None
+                return None;
             }
+        }
+        match compile(&[]) {
+            Ok(s) if s.success() => Some(out),
+            Ok(s) => panic!("compiling the C reader against krisp_ring.h failed: {s}"),
+            Err(e) => panic!("running '{cc}' failed the second time: {e}"),
         }
     })
     .as_deref()

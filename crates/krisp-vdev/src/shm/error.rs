@@ -89,6 +89,45 @@ pub enum ShmError {
         /// The header as read.
         header: Header,
     },
+    /// The OS object that holds the driver's ring does not exist: on macOS the ring daemon's
+    /// Mach service, on Windows the driver's section object.
+    #[error("{object} does not exist: {advice}")]
+    DriverNotInstalled {
+        /// What was looked up (service or section name).
+        object: String,
+        /// What the user should check.
+        advice: &'static str,
+    },
+    /// The OS or the ring daemon refused this process access to the driver's ring.
+    #[error("access to {object} was refused: {advice}")]
+    AccessDenied {
+        /// What was opened.
+        object: String,
+        /// Why that happens and what fixes it.
+        advice: &'static str,
+    },
+    /// A Mach call failed (macOS).
+    #[error("{op} failed: {meaning} (kern_return_t {code:#x})")]
+    Mach {
+        /// The call (`bootstrap_look_up`, `mach_msg`, `mach_vm_map`, ...).
+        op: &'static str,
+        /// Its return code.
+        code: i32,
+        /// What the code means, from the SDK headers.
+        meaning: &'static str,
+    },
+    /// The ring daemon answered with something other than a ring.
+    #[error("the ring daemon's reply is not a ring: {what}")]
+    BadDaemonReply {
+        /// What is wrong with it.
+        what: &'static str,
+    },
+    /// This way of reaching the ring does not exist on the OS this was built for.
+    #[error("{what} is not available on this operating system")]
+    Unsupported {
+        /// The mechanism asked for.
+        what: &'static str,
+    },
     /// The header describes more memory than the segment holds.
     #[error("shared ring needs {needed} bytes but the segment has {actual}")]
     SegmentTooSmall {

@@ -322,6 +322,7 @@ impl RawHeader {
     }
 
     /// Tells readers that this segment is abandoned and they should reopen the name.
+    #[cfg_attr(loom, allow(dead_code))]
     pub fn retire(&self) {
         self.state.store(STATE_RETIRED, Ordering::Release);
     }

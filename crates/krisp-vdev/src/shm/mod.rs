@@ -39,18 +39,26 @@ mod error;
 #[cfg(not(loom))]
 mod feed;
 mod layout;
+#[cfg(not(loom))]
+mod location;
 #[cfg(loom)]
 mod loom_mem;
+#[cfg(not(loom))]
+mod macos;
 #[cfg(not(loom))]
 mod region;
 mod ring;
 mod sync;
+#[cfg(not(loom))]
+mod windows;
 
 pub use drift::DriftController;
 pub use error::ShmError;
 #[cfg(not(loom))]
 pub use feed::RingFeed;
 pub use layout::{HEADER_BYTES, MAGIC, VERSION};
+#[cfg(not(loom))]
+pub use location::{MACOS_RING_SERVICE, RingLocation, WINDOWS_RING_SECTION};
 pub use ring::{
     ReadReport, ReaderState, ReaderStats, RingCounters, RingMonitor, RingReader, RingWriter,
     WriterStats, heap_pair,

@@ -1,5 +1,7 @@
-//! The memory a ring lives in: a heap allocation (in-process use, tests) or a POSIX
-//! shared-memory mapping. This and `ring.rs` are the only modules with `unsafe`.
+//! The memory a ring lives in: a heap allocation (in-process use, tests), a POSIX
+//! shared-memory mapping, or (made by `macos.rs` / `windows.rs`) the macOS ring daemon's
+//! memory entry or the Windows driver's section. This, `ring.rs` and the OS modules' `sys`
+//! parts are the only code with `unsafe`.
 
 use super::ShmError;
 use super::layout::{HEADER_BYTES, RawHeader};
@@ -13,10 +15,23 @@ pub(crate) struct Region {
     kind: Kind,
 }
 
-enum Kind {
+pub(crate) enum Kind {
     Heap(std::alloc::Layout),
+    /// A POSIX `mmap` of a shm segment.
     #[cfg(unix)]
     Mapped,
+    /// macOS: a `mach_vm_map` of the ring daemon's memory entry, whose send right we keep
+    /// while mapped (`macos.rs`).
+    #[cfg(target_os = "macos")]
+    MachVm {
+        entry: u32,
+    },
+    /// Windows: a `MapViewOfFile` view of the driver's section and the section handle
+    /// (`windows.rs`).
+    #[cfg(windows)]
+    WinView {
+        handle: windows_sys::Win32::Foundation::HANDLE,
+    },
 }
 
 // SAFETY: the region is plain memory; all shared mutation goes through atomics or through the
@@ -47,6 +62,17 @@ impl Region {
             len,
             kind: Kind::Heap(layout),
         })
+    }
+
+    /// Wraps a mapping made by one of the OS modules.
+    ///
+    /// # Safety
+    /// `ptr` is page-aligned, readable and writable for `len >= HEADER_BYTES` bytes until
+    /// `kind`'s release in `Drop`, and owned by the returned Region alone.
+    #[cfg(any(target_os = "macos", windows))]
+    pub(crate) unsafe fn from_mapping(ptr: NonNull<u8>, len: usize, kind: Kind) -> Self {
+        debug_assert!(len >= HEADER_BYTES as usize);
+        Self { ptr, len, kind }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -107,6 +133,14 @@ impl Drop for Region {
                 // SAFETY: ptr/len are the exact mapping returned by mmap in `os::map`, unmapped once.
                 unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
             }
+            #[cfg(target_os = "macos")]
+            // SAFETY: made by `macos::sys::map_entry` for this entry, released once.
+            Kind::MachVm { entry } => unsafe {
+                super::macos::sys::unmap(self.ptr, self.len, entry)
+            },
+            #[cfg(windows)]
+            // SAFETY: made by `windows::sys::map_section` from this handle, released once.
+            Kind::WinView { handle } => unsafe { super::windows::sys::unmap(self.ptr, handle) },
         }
     }
 }

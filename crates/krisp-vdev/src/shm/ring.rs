@@ -18,7 +18,7 @@
 //!   writer dropped frames it discards everything queued (the queue ends in a gap, so it is
 //!   stale) and prefills again.
 
-use super::layout::{HEADER_BYTES, RawHeader, STATE_READY, STATE_RETIRED};
+use super::layout::{RawHeader, STATE_READY, STATE_RETIRED};
 #[cfg(loom)]
 use super::loom_mem::Region;
 #[cfg(not(loom))]
@@ -139,8 +139,9 @@ impl RingWriter {
         let size = os::size(&fd, name)?;
         let mut fresh = size == 0;
         if size != 0 && size != total {
-            if size >= u64::from(HEADER_BYTES)
-                && let Ok(old) = os::map(&fd, name, HEADER_BYTES as usize)
+            let header_bytes = super::layout::HEADER_BYTES;
+            if size >= u64::from(header_bytes)
+                && let Ok(old) = os::map(&fd, name, header_bytes as usize)
                 && old.header().magic.load(Ordering::Relaxed) == super::layout::MAGIC
             {
                 old.header().retire();
@@ -933,17 +934,38 @@ mod tests {
     }
 }
 
-/// Model check of the index protocol under loom:
-/// `RUSTFLAGS="--cfg loom" cargo test -p krisp-vdev --lib --release loom`.
+/// Model checks under loom (`RUSTFLAGS="--cfg loom" cargo test -p krisp-vdev --lib --release
+/// loom`, run by `.ci/run`). Sample slots are loom cells, so an access to a slot that the index
+/// orderings do not order against the other side's access is reported as a data race; the
+/// asserts check what each side may observe. Each model prints how many interleavings it
+/// explored (`-- --nocapture`), so a model that silently stopped exploring shows up.
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
 
+    /// Runs `f` under loom with at most `preemptions` preemptions and reports the executions
+    /// explored.
+    fn check(name: &str, preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
+        let runs = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&runs);
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(preemptions);
+        builder.check(move || {
+            counter.fetch_add(1, StdOrdering::Relaxed);
+            f()
+        });
+        println!(
+            "{name}: {} executions, preemption bound {preemptions}",
+            runs.load(StdOrdering::Relaxed)
+        );
+    }
+
+    /// Read-after-write: the reader sees published frames complete (writer's Release store of
+    /// W, reader's Acquire load).
     #[test]
     fn loom_spsc_ring_has_no_data_race_and_keeps_order() {
-        let mut builder = loom::model::Builder::new();
-        builder.preemption_bound = Some(3);
-        builder.check(|| {
+        check("publish (W release/acquire)", 3, || {
             let c = RingConfig::new("/loom").fill(64, 1, 64);
             let (mut w, mut r) = heap_pair(&c).unwrap();
             r.set_stale_after_frames(u64::MAX / 2);
@@ -967,6 +989,80 @@ mod loom_tests {
             // Whatever arrived is a prefix of the stream, in order, never torn.
             let expected = [100.0, 101.0, 102.0, 103.0];
             assert_eq!(&seen[..], &expected[..seen.len()]);
+        });
+    }
+
+    /// Write-after-read: the writer reuses a slot only after the reader has finished copying
+    /// it out (reader's Release store of R, writer's Acquire load). The model above never
+    /// reuses a slot the reader read, so it cannot see this direction.
+    #[test]
+    fn loom_writer_reuses_a_slot_only_after_the_reader_copied_it() {
+        check("slot reuse (R release/acquire)", 3, || {
+            let c = RingConfig::new("/loom").fill(64, 1, 64);
+            let (mut w, mut r) = heap_pair(&c).unwrap();
+            r.set_stale_after_frames(u64::MAX / 2);
+            w.write(&[0.0; 62]);
+            let mut out = vec![0.0; 2];
+            assert_eq!(r.read(&mut out[..1]).state, ReaderState::Prefilling); // R := W = 62
+            let t = loom::thread::spawn(move || {
+                // Fill the ring completely: frames 1..=64 in slots 62, 63, 0..=61.
+                let full: Vec<f32> = (1..=64).map(|v| v as f32).collect();
+                assert_eq!(w.write(&full), 64);
+                // Two more: accepted only if the reader has freed slots 62 and 63, which it
+                // may be copying out right now; otherwise dropped (and the reader resyncs).
+                w.write(&[65.0, 66.0]);
+            });
+            let mut seen = vec![];
+            for _ in 0..2 {
+                let rep = r.read(&mut out);
+                seen.extend_from_slice(&out[..rep.audio_frames]);
+            }
+            t.join().unwrap();
+            let expected = [1.0, 2.0, 3.0, 4.0];
+            assert_eq!(&seen[..], &expected[..seen.len()]);
+        });
+    }
+
+    /// The header seqlock: a reader validating while a writer republishes another geometry
+    /// gets the old header, the new one, or "not ready"; never a mix of the two.
+    #[test]
+    fn loom_header_seqlock_never_yields_a_mixed_header() {
+        check("header seqlock", 2, || {
+            let old = RingConfig::new("/loom").fill(64, 8, 32);
+            let new = RingConfig::new("/loom").fill(64, 16, 48);
+            let (w, r) = heap_pair(&old).unwrap();
+            let region = Arc::clone(&w.region);
+            let len = region.len();
+            let new_header = new.to_header().unwrap();
+            let t = loom::thread::spawn(move || {
+                RingWriter::attach(region, new_header);
+            });
+            match w.region.header().validate(len) {
+                Ok((h, _)) => {
+                    let fills = (h.target_fill_frames, h.max_fill_frames);
+                    assert!(fills == (8, 32) || fills == (16, 48), "mixed header {h:?}");
+                }
+                Err(ShmError::NotReady) => {}
+                Err(e) => panic!("validation failed with {e}"),
+            }
+            t.join().unwrap();
+            drop(r);
+        });
+    }
+
+    /// The clock-anchor seqlock: a reader gets no anchor or a pair the writer published
+    /// together.
+    #[test]
+    fn loom_anchor_seqlock_never_yields_a_torn_pair() {
+        check("anchor seqlock", 3, || {
+            let c = RingConfig::new("/loom").fill(64, 1, 64);
+            let (mut w, r) = heap_pair(&c).unwrap();
+            w.publish_anchor(1, 10);
+            let t = loom::thread::spawn(move || w.publish_anchor(2, 20));
+            if let Some((frame, ns)) = r.anchor() {
+                assert_eq!(ns, frame * 10, "torn anchor ({frame}, {ns})");
+            }
+            t.join().unwrap();
         });
     }
 }
