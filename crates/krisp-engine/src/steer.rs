@@ -135,9 +135,6 @@ impl SteeredQueue {
             Ok((_, produced)) => produced,
             Err(_) => 0,
         };
-        stats
-            .drift_ppm
-            .store(((self.ratio - 1.0) * 1e6).round() as i64, Ordering::Relaxed);
         self.prod.push_slice(&self.out[..produced]) == produced
     }
 }
