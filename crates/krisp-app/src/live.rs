@@ -26,6 +26,7 @@ pub struct RunArgs {
     pub device_period_frames: Option<usize>,
     pub buffer_ms: Option<f32>,
     pub device_buffer_ms: Option<f32>,
+    pub drift_steering: bool,
     pub output: OutputArg,
     pub ring_name: Option<String>,
 }
@@ -102,6 +103,7 @@ impl Session {
         if let Some(ms) = args.device_buffer_ms {
             cfg.device_buffer_frames = (ms.clamp(5.0, 500.0) * 48.0) as usize;
         }
+        cfg.drift_steering = args.drift_steering;
         if let Some(ms) = args.buffer_ms {
             cfg.target_fill = (ms.clamp(0.0, 500.0) * 48.0) as usize;
         }

@@ -97,6 +97,10 @@ enum Command {
         /// less latency, higher survives longer stalls of this machine.
         #[arg(long)]
         device_buffer_ms: Option<f32>,
+        /// Steer the microphone-to-Krisp-Microphone queue against clock drift by resampling
+        /// within ±1000 ppm (experimental; off by default: see docs/performance.md).
+        #[arg(long)]
+        drift_steering: bool,
         /// Control socket path (default: $XDG_RUNTIME_DIR/krisp/control.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
@@ -175,6 +179,7 @@ fn main() -> ExitCode {
         device_period_frames: None,
         buffer_ms: None,
         device_buffer_ms: None,
+        drift_steering: false,
         socket: None,
         output: live::OutputArg::VirtualMic,
         ring_name: None,
@@ -210,6 +215,7 @@ fn main() -> ExitCode {
             device_period_frames,
             buffer_ms,
             device_buffer_ms,
+            drift_steering,
             socket,
             output,
             ring_name,
@@ -226,6 +232,7 @@ fn main() -> ExitCode {
                 device_period_frames,
                 buffer_ms,
                 device_buffer_ms,
+                drift_steering,
                 output,
                 ring_name,
             };

@@ -603,7 +603,8 @@ fn audio_comes_back_after_the_devices_are_suspended_and_resumed() {
 /// written and when each output sample arrived, so it measures the added latency from the
 /// outside, second by second, and asserts that at the end it is within 5 ms of the start.
 /// `cargo test -p krisp-app --test e2e_linux drift -- --ignored --nocapture`
-/// (`KRISP_DRIFT_SECS`, `KRISP_DRIFT_PPM` to change the run).
+/// (`KRISP_DRIFT_SECS`, `KRISP_DRIFT_PPM` to change the run; `KRISP_DRIFT_STEERING=1` turns on
+/// the experimental `--drift-steering`).
 #[test]
 #[ignore = "a 10-minute measured run; see docs/performance.md"]
 fn added_latency_stays_put_while_the_microphone_clock_drifts() {
@@ -657,7 +658,11 @@ fn added_latency_stays_put_while_the_microphone_clock_drifts() {
             }
         })
     };
-    let krisp = Krisp::start(&server, &["--input", "drift_mic"]);
+    let mut args = vec!["--input", "drift_mic"];
+    if std::env::var_os("KRISP_DRIFT_STEERING").is_some() {
+        args.push("--drift-steering");
+    }
+    let krisp = Krisp::start(&server, &args);
     assert!(
         server.wait_for(Duration::from_secs(15), |s| s.source_count("krisp_mic")
             == 1),

@@ -72,6 +72,9 @@ pub struct EngineConfig {
     /// Audio the audio server holds for the virtual device, in frames: how long a refill by
     /// the engine may be late without a gap the engine cannot see.
     pub device_buffer_frames: usize,
+    /// Resample the virtual mic's queue to hold its fill against clock drift (`steer.rs`).
+    /// Off by default until its live runs are measured (docs/performance.md).
+    pub drift_steering: bool,
 }
 
 impl EngineConfig {
@@ -88,6 +91,7 @@ impl EngineConfig {
             device_period_frames: crate::writer::PERIOD,
             target_fill: 5 * CHUNK / 4,
             device_buffer_frames: DEFAULT_DEVICE_BUFFER,
+            drift_steering: false,
         }
     }
 }
@@ -742,7 +746,10 @@ impl Supervisor {
             failed,
             thread,
         });
-        Ok(Sink::Queue(Box::new(crate::steer::SteeredQueue::new(prod))))
+        Ok(Sink::Queue(Box::new(crate::steer::SteeredQueue::new(
+            prod,
+            self.cfg.drift_steering,
+        ))))
     }
 
     fn try_open_input(&mut self) {

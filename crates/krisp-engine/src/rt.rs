@@ -173,7 +173,7 @@ mod tests {
         let handle = dn.handle();
         let (mut swap, rt) = swap_channel(dn);
         let mut side = CaptureSide::new(
-            Sink::Queue(Box::new(SteeredQueue::new(prod))),
+            Sink::Queue(Box::new(SteeredQueue::new(prod, true))),
             rt,
             stats.clone(),
         );
@@ -227,7 +227,7 @@ mod tests {
         let dn = Denoiser::new(&cfg, &Model::builtin()).unwrap();
         let (_swap, rt) = swap_channel(dn);
         let mut side = CaptureSide::new(
-            Sink::Queue(Box::new(SteeredQueue::new(prod))),
+            Sink::Queue(Box::new(SteeredQueue::new(prod, true))),
             rt,
             stats.clone(),
         );
