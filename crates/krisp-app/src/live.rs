@@ -27,6 +27,7 @@ pub struct RunArgs {
     pub buffer_ms: Option<f32>,
     pub device_buffer_ms: Option<f32>,
     pub drift_steering: bool,
+    pub direct_feed: bool,
     pub output: OutputArg,
     pub ring_name: Option<String>,
 }
@@ -104,6 +105,7 @@ impl Session {
             cfg.device_buffer_frames = (ms.clamp(5.0, 500.0) * 48.0) as usize;
         }
         cfg.drift_steering = args.drift_steering;
+        cfg.direct_feed = args.direct_feed;
         if let Some(ms) = args.buffer_ms {
             cfg.target_fill = (ms.clamp(0.0, 500.0) * 48.0) as usize;
         }
@@ -354,10 +356,15 @@ fn print_status(r: &Response) {
         s.cpu_load * 100.0
     );
     println!(
-        "xruns:         {} underruns, {} overruns, {} samples dropped for drift; {} restarts",
-        s.underruns, s.overruns, s.drift_dropped, s.restarts
+        "xruns:         {} underruns, {} overruns, {} samples dropped / {} inserted for drift; {} restarts",
+        s.underruns, s.overruns, s.drift_dropped, s.drift_inserted, s.restarts
     );
-    if s.output == krisp_engine::OUTPUT_VIRTUAL_MIC {
+    if s.output == krisp_engine::OUTPUT_VIRTUAL_MIC && s.direct {
+        println!(
+            "buffers:       direct feed, device {:.1} ms ({} server underflows)",
+            s.device_buffer_ms, s.device_underflows
+        );
+    } else if s.output == krisp_engine::OUTPUT_VIRTUAL_MIC {
         println!(
             "buffers:       jitter {:.1} ms, device {:.1} ms ({} server underflows)",
             s.jitter_buffer_ms, s.device_buffer_ms, s.device_underflows

@@ -101,6 +101,11 @@ enum Command {
         /// within ±1000 ppm (experimental; off by default: see docs/performance.md).
         #[arg(long)]
         drift_steering: bool,
+        /// Write each denoised block into Krisp Microphone from the capture thread instead of
+        /// through the feeder thread's jitter buffer (experimental; off by default: see
+        /// docs/performance.md).
+        #[arg(long)]
+        direct_feed: bool,
         /// Control socket path (default: $XDG_RUNTIME_DIR/krisp/control.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
@@ -180,6 +185,7 @@ fn main() -> ExitCode {
         buffer_ms: None,
         device_buffer_ms: None,
         drift_steering: false,
+        direct_feed: false,
         socket: None,
         output: live::OutputArg::VirtualMic,
         ring_name: None,
@@ -216,6 +222,7 @@ fn main() -> ExitCode {
             buffer_ms,
             device_buffer_ms,
             drift_steering,
+            direct_feed,
             socket,
             output,
             ring_name,
@@ -233,6 +240,7 @@ fn main() -> ExitCode {
                 buffer_ms,
                 device_buffer_ms,
                 drift_steering,
+                direct_feed,
                 output,
                 ring_name,
             };

@@ -8,17 +8,22 @@
 //! API on a main loop that this thread owns (not the simple API, whose threaded main loop
 //! made every block cross two threads) keeps it to one wake-up per block.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use libpulse_binding::def::BufferAttr;
 use libpulse_binding::sample::{Format, Spec};
-use libpulse_binding::stream::{FlagSet, PeekResult, Stream};
+use libpulse_binding::stream::{FlagSet, Latency, PeekResult, SeekMode, Stream};
 
+use crate::direct::{DirectOut, LatencyHold};
 use crate::pa::{ANSWER_TIMEOUT, Conn};
-use crate::rt::CaptureSide;
+use crate::rt::{CHUNK, CaptureSide};
+use crate::stats::StatsInner;
 
 /// Frames per read by default: one model frame (10 ms at 48 kHz). The denoiser works on whole
 /// 480-sample frames anyway, so reading 128 frames at a time only woke this thread and
@@ -31,16 +36,205 @@ pub(crate) const MAX_PERIOD: usize = 4_800;
 /// block).
 const POLL_US: u64 = 100_000;
 
-/// An open record stream with its connection.
+/// An open record stream with its connection, and the virtual device's stream on the same
+/// connection when this thread feeds it directly.
 struct Capture {
-    // Field order is drop order: the stream before its connection.
+    // Field order is drop order: the streams before their connection.
+    feed: Option<Feed>,
     stream: Stream,
     conn: Conn,
 }
 
+/// The virtual device the capture thread writes directly while someone records
+/// (`direct.rs`).
+#[derive(Debug, Clone)]
+pub(crate) struct DirectTo {
+    /// The null sink behind "Krisp Microphone".
+    pub sink: String,
+    /// The stream's buffer attribute (as the feeder's: it sets the device's latency).
+    pub buffer_frames: usize,
+    /// Silence written ahead of the first chunk: the margin against late wake-ups.
+    pub prime_frames: usize,
+}
+
+/// Underflows within this long of (re)starting are the server noticing a buffer we had not
+/// filled yet, not a late write.
+const UNDERFLOW_GRACE: Duration = Duration::from_millis(300);
+
+/// The direct feed's playback stream and its bookkeeping (I/O side; see `direct.rs`).
+struct Feed {
+    stream: Stream,
+    /// Server underflows, counted by libpulse's callback on this thread.
+    underflows: Rc<Cell<u64>>,
+    handled: u64,
+    settled: Instant,
+    hold: LatencyHold,
+    /// The margin, frames.
+    prime: usize,
+    corked: bool,
+    /// Bytes for the server, sized once.
+    bytes: Vec<u8>,
+    zeros: Vec<u8>,
+    /// Smoothed latency of the device (buffer + the device's own), frames.
+    latency: f64,
+}
+
+impl Feed {
+    fn open(conn: &mut Conn, to: &DirectTo, rate: u32) -> Result<Feed, String> {
+        let spec = Spec {
+            format: Format::F32le,
+            channels: 1,
+            rate,
+        };
+        let attr = BufferAttr {
+            maxlength: u32::MAX,
+            tlength: (to.buffer_frames.max(2 * CHUNK) * 4) as u32,
+            prebuf: 0,
+            minreq: (CHUNK * 4) as u32,
+            fragsize: u32::MAX,
+        };
+        let mut stream = Stream::new(
+            &mut conn.context,
+            "Krisp Microphone direct feed",
+            &spec,
+            None,
+        )
+        .ok_or("cannot create a playback stream")?;
+        stream
+            .connect_playback(
+                Some(&to.sink),
+                Some(&attr),
+                FlagSet::ADJUST_LATENCY
+                    | FlagSet::DONT_MOVE
+                    | FlagSet::START_CORKED
+                    | FlagSet::INTERPOLATE_TIMING
+                    | FlagSet::AUTO_TIMING_UPDATE,
+                None,
+                None,
+            )
+            .map_err(|e| format!("cannot open the virtual device: {e}"))?;
+        conn.wait_ready(&stream, "the virtual device (direct)")?;
+        let underflows = Rc::new(Cell::new(0u64));
+        let seen = underflows.clone();
+        stream.set_underflow_callback(Some(Box::new(move || seen.set(seen.get() + 1))));
+        Ok(Feed {
+            stream,
+            underflows,
+            handled: 0,
+            settled: Instant::now(),
+            hold: LatencyHold::default(),
+            prime: to.prime_frames,
+            corked: true,
+            bytes: Vec::with_capacity(crate::direct::QUEUE_FRAMES * 4),
+            zeros: vec![0u8; to.prime_frames * 4],
+            latency: 0.0,
+        })
+    }
+
+    /// Someone started recording: write the margin of silence and take over from the feeder.
+    /// (The stream requests here allocate in libpulse; they happen only at these switches.)
+    fn start(&mut self, direct: &mut DirectOut, stats: &StatsInner) -> Result<(), ()> {
+        direct.reset();
+        let _ = self.stream.flush(None);
+        if self.corked {
+            let _ = self.stream.uncork(None);
+            self.corked = false;
+        }
+        self.stream
+            .write(&self.zeros, None, 0, SeekMode::Relative)
+            .map_err(|_| ())?;
+        self.hold.restart();
+        self.latency = 0.0;
+        self.settled = Instant::now();
+        self.handled = self.underflows.get();
+        direct.on = true;
+        stats
+            .device_buffer
+            .store(self.prime as u64, Ordering::Relaxed);
+        stats.direct.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Nobody records any more (or this thread ends): hand back to the feeder.
+    fn stop(&mut self, direct: &mut DirectOut, stats: &StatsInner) {
+        direct.on = false;
+        direct.reset();
+        stats.direct.store(false, Ordering::Relaxed);
+        stats.direct_latency.store(0, Ordering::Relaxed);
+        let _ = self.stream.flush(None);
+        if !self.corked {
+            let _ = self.stream.cork(None);
+            self.corked = true;
+        }
+    }
+
+    /// Counts the underflows the recorder heard. (Writing silence to widen the margin was
+    /// tried and measured: PulseAudio plays it in the middle of the voice, a gap plus 10 ms
+    /// of latency each time; see docs/performance.md.)
+    fn check_underflow(&mut self, stats: &StatsInner) {
+        let n = self.underflows.get();
+        if n == self.handled {
+            return;
+        }
+        self.handled = n;
+        if !self.corked && self.settled.elapsed() >= UNDERFLOW_GRACE {
+            stats.device_underflows.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes what the realtime code queued, then measures the device buffer and passes on
+    /// the correction the latency hold asks for.
+    fn write(&mut self, direct: &mut DirectOut, stats: &StatsInner, rate: u32) -> Result<(), ()> {
+        if direct.out.is_empty() {
+            return Ok(());
+        }
+        self.bytes.clear();
+        for s in &direct.out {
+            self.bytes.extend_from_slice(&s.to_le_bytes());
+        }
+        direct.out.clear();
+        self.stream
+            .write(&self.bytes, None, 0, SeekMode::Relative)
+            .map_err(|_| ())?;
+        // The latency libpulse interpolates from the server's timing: what we wrote minus
+        // what the device read, plus the device's own latency. The hold works on the buffer
+        // part (a recorder attaching with other latency wishes changes the device's part).
+        let Ok(lat) = self.stream.get_latency() else {
+            return Ok(()); // no timing from the server yet
+        };
+        let total_us = match lat {
+            Latency::Positive(u) => u.0 as f64,
+            _ => 0.0,
+        };
+        let device_us = self
+            .stream
+            .get_timing_info()
+            .map_or(0.0, |t| t.sink_usec.0 as f64);
+        let per_us = rate as f64 / 1e6;
+        let total = total_us * per_us;
+        self.latency = if self.latency == 0.0 {
+            total
+        } else {
+            self.latency + (total - self.latency) * 0.02
+        };
+        stats
+            .direct_latency
+            .store(self.latency.round() as u64, Ordering::Relaxed);
+        if let Some(adjust) = self.hold.observe((total_us - device_us) * per_us) {
+            direct.pending = adjust;
+        }
+        Ok(())
+    }
+}
+
 /// Opens a 48 kHz mono float record stream on `source`; the server converts any microphone
 /// format (rate, channels, sample type) to it and delivers at most `frames` at a time.
-fn open(source: &str, rate: u32, frames: usize) -> Result<Capture, String> {
+fn open(
+    source: &str,
+    rate: u32,
+    frames: usize,
+    direct: Option<&DirectTo>,
+) -> Result<Capture, String> {
     let spec = Spec {
         format: Format::F32le,
         channels: 1,
@@ -67,7 +261,15 @@ fn open(source: &str, rate: u32, frames: usize) -> Result<Capture, String> {
         .map_err(|e| format!("cannot open microphone '{source}': {e}"))?;
     conn.wait_ready(&stream, &format!("microphone '{source}'"))?;
     tracing::debug!(attr = ?stream.get_buffer_attr(), "capture stream open");
-    Ok(Capture { stream, conn })
+    // Without the direct stream the feeder thread carries the audio, as before it existed.
+    let feed = direct.and_then(|to| match Feed::open(&mut conn, to, rate) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(error = %e, "direct feed unavailable; the feeder thread carries the audio");
+            None
+        }
+    });
+    Ok(Capture { feed, stream, conn })
 }
 
 /// Starts the capture thread on `source`, reading `frames` at a time. Returns once the stream
@@ -79,16 +281,17 @@ pub(crate) fn start(
     side: CaptureSide,
     stop: Arc<AtomicBool>,
     failed: Arc<AtomicBool>,
+    direct: Option<DirectTo>,
 ) -> Result<JoinHandle<CaptureSide>, (String, Option<Box<CaptureSide>>)> {
     let frames = frames.clamp(1, MAX_PERIOD);
     let (tx, rx) = mpsc::sync_channel::<Result<(), String>>(1);
     let (st, fl) = (stop.clone(), failed);
     let thread = std::thread::Builder::new()
         .name("krisp-capture".into())
-        .spawn(move || match open(&source, rate, frames) {
+        .spawn(move || match open(&source, rate, frames, direct.as_ref()) {
             Ok(cap) => {
                 let _ = tx.send(Ok(()));
-                run(cap, frames, side, st, fl)
+                run(cap, frames, rate, side, st, fl)
             }
             Err(e) => {
                 let _ = tx.send(Err(e));
@@ -112,6 +315,7 @@ pub(crate) fn start(
 fn run(
     mut cap: Capture,
     frames: usize,
+    rate: u32,
     mut side: CaptureSide,
     stop: Arc<AtomicBool>,
     failed: Arc<AtomicBool>,
@@ -119,11 +323,28 @@ fn run(
     crate::writer::promote_to_realtime();
     // Sized once, before the first block: the loop below does not allocate.
     let mut buf = vec![0.0f32; frames];
+    let stats = side.stats.clone();
     'io: while !stop.load(Ordering::Relaxed) {
         if cap.conn.wait(POLL_US).is_err() || !cap.conn.good() || !cap.stream.get_state().is_good()
         {
             failed.store(true, Ordering::Relaxed);
             break;
+        }
+        if let Some(feed) = cap.feed.as_mut() {
+            if !feed.stream.get_state().is_good() {
+                failed.store(true, Ordering::Relaxed);
+                break;
+            }
+            let listening = stats.listeners.load(Ordering::Relaxed);
+            if listening && !side.direct.on {
+                if feed.start(&mut side.direct, &stats).is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                    break;
+                }
+            } else if !listening && side.direct.on {
+                feed.stop(&mut side.direct, &stats);
+            }
+            feed.check_underflow(&stats);
         }
         loop {
             match cap.stream.peek() {
@@ -137,6 +358,13 @@ fn run(
                         break 'io;
                     }
                     deliver(bytes, &mut buf, &mut side);
+                    if let Some(feed) = cap.feed.as_mut()
+                        && side.direct.on
+                        && feed.write(&mut side.direct, &stats, rate).is_err()
+                    {
+                        failed.store(true, Ordering::Relaxed);
+                        break 'io;
+                    }
                 }
                 Err(_) => {
                     failed.store(true, Ordering::Relaxed);
@@ -148,6 +376,12 @@ fn run(
                 break 'io;
             }
         }
+    }
+    // The feeder takes over (its stream was standing by); ours goes with the connection.
+    if let Some(feed) = cap.feed.as_mut()
+        && side.direct.on
+    {
+        feed.stop(&mut side.direct, &stats);
     }
     side
 }

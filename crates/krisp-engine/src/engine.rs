@@ -32,6 +32,10 @@ pub const DEFAULT_DEVICE_BUFFER: usize = 1_536;
 /// Largest the virtual device's server-side buffer grows to after underflows (52 ms).
 pub const MAX_DEVICE_BUFFER: usize = 2_496;
 
+/// Silence the direct feed puts in the virtual device's buffer before the first chunk
+/// (frames, 20 ms): its margin against the microphone's blocks arriving late.
+pub const DEFAULT_DIRECT_PRIME: usize = 960;
+
 /// Where the engine puts the denoised audio.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
@@ -75,6 +79,14 @@ pub struct EngineConfig {
     /// Resample the virtual mic's queue to hold its fill against clock drift (`steer.rs`).
     /// Off by default until its live runs are measured (docs/performance.md).
     pub drift_steering: bool,
+    /// While someone records and a microphone is open, the capture thread writes each
+    /// denoised chunk straight into the virtual device (`direct.rs`): one buffer instead of
+    /// the feeder's jitter buffer plus the device buffer. Experimental and off by default:
+    /// measured, it did not lower the latency seen from outside and under-ran more
+    /// (docs/performance.md).
+    pub direct_feed: bool,
+    /// The direct feed's starting margin in frames ([`DEFAULT_DIRECT_PRIME`]).
+    pub direct_prime_frames: usize,
 }
 
 impl EngineConfig {
@@ -92,6 +104,8 @@ impl EngineConfig {
             target_fill: 5 * CHUNK / 4,
             device_buffer_frames: DEFAULT_DEVICE_BUFFER,
             drift_steering: false,
+            direct_feed: false,
+            direct_prime_frames: DEFAULT_DIRECT_PRIME,
         }
     }
 }
@@ -699,6 +713,9 @@ impl Supervisor {
         self.stats
             .model_latency
             .store(denoiser.latency() as u64, Ordering::Relaxed);
+        self.stats
+            .output_delay
+            .store(output_delay as u64, Ordering::Relaxed);
         self.stats.latency_samples.store(
             denoiser.latency() as u64 + CHUNK as u64 / 2 + output_delay as u64,
             Ordering::Relaxed,
@@ -774,6 +791,16 @@ impl Supervisor {
         let side = self.idle_side.take().expect("invariant: checked by caller");
         let stop = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(AtomicBool::new(false));
+        // With the PulseAudio output the capture thread writes the virtual device itself
+        // while someone records (direct.rs); the shared ring is written by the realtime side.
+        let direct = match (&self.cfg.output, self.cfg.direct_feed) {
+            (Output::VirtualMic, true) => Some(crate::capture::DirectTo {
+                sink: self.cfg.mic.sink.clone(),
+                buffer_frames: self.cfg.device_buffer_frames,
+                prime_frames: self.cfg.direct_prime_frames,
+            }),
+            _ => None,
+        };
         match crate::capture::start(
             name.clone(),
             MIC_RATE,
@@ -781,6 +808,7 @@ impl Supervisor {
             side,
             stop.clone(),
             failed.clone(),
+            direct,
         ) {
             Ok(thread) => {
                 self.stats.input_running.store(true, Ordering::Relaxed);

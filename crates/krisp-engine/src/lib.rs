@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 mod capture;
+mod direct;
 mod engine;
 mod pa;
 mod rt;

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use crate::direct::DirectOut;
 use crate::stats::StatsInner;
 use crate::steer::SteeredQueue;
 use krisp_dsp::SwapReceiver;
@@ -44,6 +45,9 @@ pub(crate) struct CaptureSide {
     pub inbuf: [f32; CHUNK],
     pub outbuf: [f32; CHUNK],
     pub fill: usize,
+    /// With the PulseAudio output: the chunks the capture I/O thread writes straight into
+    /// the virtual device while it does (`direct.rs`), instead of the queue to the feeder.
+    pub direct: DirectOut,
 }
 
 impl CaptureSide {
@@ -55,6 +59,7 @@ impl CaptureSide {
             inbuf: [0.0; CHUNK],
             outbuf: [0.0; CHUNK],
             fill: 0,
+            direct: DirectOut::new(),
         }
     }
 
@@ -110,6 +115,18 @@ impl CaptureSide {
                 .store(rms.to_bits(), Ordering::Relaxed);
         }
         match &mut self.sink {
+            Sink::Queue(_) if self.direct.on => {
+                let (dropped, inserted) = (self.direct.dropped, self.direct.inserted);
+                if !self.direct.push(&self.outbuf) {
+                    self.stats.overruns.fetch_add(1, Ordering::Relaxed);
+                }
+                self.stats
+                    .drift_dropped
+                    .fetch_add(self.direct.dropped - dropped, Ordering::Relaxed);
+                self.stats
+                    .drift_inserted
+                    .fetch_add(self.direct.inserted - inserted, Ordering::Relaxed);
+            }
             Sink::Queue(q) => {
                 if !q.push(&self.outbuf, &self.stats, monotonic_ns()) {
                     self.stats.overruns.fetch_add(1, Ordering::Relaxed);
@@ -260,6 +277,48 @@ mod tests {
             stats.underruns.load(Ordering::Relaxed) + stats.drift_dropped.load(Ordering::Relaxed)
                 > 0
         );
+    }
+
+    #[test]
+    fn the_direct_feeds_realtime_part_never_allocates_even_when_it_splices_or_overflows() {
+        let (prod, _cons) = HeapRb::<f32>::new(4_800).split();
+        let stats = Arc::new(StatsInner::default());
+        stats.listeners.store(true, Ordering::Relaxed);
+        let mut cfg = Config::new(48_000, 1);
+        cfg.framing = Framing::Chunked;
+        let dn = Denoiser::new(&cfg, &Model::builtin()).unwrap();
+        let (_swap, rt) = swap_channel(dn);
+        let mut side = CaptureSide::new(
+            Sink::Queue(Box::new(SteeredQueue::new(prod, false))),
+            rt,
+            stats.clone(),
+        );
+        side.direct.on = true;
+        // Quiet noise (the splices happen in quiet chunks) with a louder burst now and then.
+        let block: Vec<f32> = (0..2_000)
+            .map(|i| (i as f32 * 0.37).sin() * if i % 700 < 100 { 0.3 } else { 0.001 })
+            .collect();
+        let mut written = 0;
+        assert_no_alloc(|| {
+            for i in 0..1_500 {
+                if i % 100 == 0 {
+                    side.direct.pending = if i % 200 == 0 { 200 } else { -200 };
+                }
+                side.on_data(&block[..[480, 128, 2_000, 7][i % 4]]);
+                // The I/O thread writes and empties the queue, except during a stall.
+                if !(600..700).contains(&i) {
+                    written += side.direct.out.len();
+                    side.direct.out.clear();
+                }
+            }
+        });
+        assert!(stats.drift_dropped.load(Ordering::Relaxed) >= 400);
+        assert!(stats.drift_inserted.load(Ordering::Relaxed) >= 400);
+        assert!(
+            stats.overruns.load(Ordering::Relaxed) > 0,
+            "the stall overflowed it"
+        );
+        assert!(written > 700_000, "{written}");
     }
 
     #[test]

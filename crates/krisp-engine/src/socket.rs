@@ -244,6 +244,8 @@ mod tests {
                 underruns: 0,
                 overruns: 0,
                 drift_dropped: 0,
+                drift_inserted: 0,
+                direct: false,
                 late_model_frames: 0,
                 input_rms: 0.0,
                 output_rms: 0.0,

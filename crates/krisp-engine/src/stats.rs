@@ -40,6 +40,16 @@ pub(crate) struct StatsInner {
     /// When the feeder last took a period from the queue (monotonic ns): the drift steering's
     /// view of the device clock's phase.
     pub last_pop_ns: AtomicU64,
+    /// Whether the capture I/O thread writes the virtual device directly now (`direct.rs`);
+    /// the feeder thread stands by meanwhile.
+    pub direct: AtomicBool,
+    /// Frames inserted to keep latency from falling when the microphone's clock is slower.
+    pub drift_inserted: AtomicU64,
+    /// The output's part of `latency_samples` (the device buffer assumed at start).
+    pub output_delay: AtomicU64,
+    /// In direct mode: the device buffer's measured level plus the device's own latency,
+    /// frames (mean of the last second).
+    pub direct_latency: AtomicU64,
 }
 
 /// The shared ring the engine writes, for status.
@@ -105,6 +115,14 @@ pub struct StatsSnapshot {
     pub overruns: u64,
     /// Samples dropped to keep latency bounded when clocks drift.
     pub drift_dropped: u64,
+    /// Samples inserted (in quiet moments) to keep latency from falling when the
+    /// microphone's clock is the slower one.
+    #[serde(default)]
+    pub drift_inserted: u64,
+    /// Whether the capture thread writes "Krisp Microphone" directly (someone records and a
+    /// microphone is open); otherwise the feeder thread plays the queue or silence.
+    #[serde(default)]
+    pub direct: bool,
     /// Frames a worker-thread model (DeepFilterNet3) did not finish in time: each was output
     /// as silence. Non-zero means the machine is too slow for the model; RNNoise is always 0.
     #[serde(default)]
@@ -172,6 +190,15 @@ impl Stats {
             .as_ref()
             .map_or(i.ring_fill.load(r), |ring| ring.fill_frames);
         let listeners = i.listeners.load(r);
+        let direct = i.direct.load(r);
+        // Direct: the device buffer is measured, in place of the one assumed at start and the
+        // feeder's queue.
+        let added = if direct {
+            (i.latency_samples.load(r) + i.direct_latency.load(r))
+                .saturating_sub(i.output_delay.load(r))
+        } else {
+            fill + i.latency_samples.load(r)
+        };
         let (input_rms, output_rms, vad) = if listeners {
             (self.dsp.input_rms(), self.dsp.output_rms(), self.dsp.vad())
         } else {
@@ -184,11 +211,13 @@ impl Stats {
             underruns: i.underruns.load(r),
             overruns: i.overruns.load(r),
             drift_dropped: i.drift_dropped.load(r),
+            drift_inserted: i.drift_inserted.load(r),
+            direct,
             late_model_frames: self.dsp.late_frames(),
             input_rms,
             output_rms,
             vad,
-            added_latency_ms: (fill + i.latency_samples.load(r)) as f32 / rate * 1000.0,
+            added_latency_ms: added as f32 / rate * 1000.0,
             cpu_load: i.cpu_load_ppm.load(r) as f32 / 1e6,
             input_running: i.input_running.load(r),
             output_running: i.output_running.load(r),

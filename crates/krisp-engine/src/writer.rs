@@ -306,6 +306,9 @@ impl Writer {
             ..pb.attr
         };
         let mut idle = false;
+        // Standing by while the capture thread writes the device directly (`direct.rs`):
+        // corked, so the server neither plays nor asks us for anything.
+        let mut standby = false;
         // Server underflows, counted by libpulse's callback (it runs inside `conn.wait`, on
         // this thread). The box is made here, once.
         let underflows = std::rc::Rc::new(std::cell::Cell::new(0u64));
@@ -323,6 +326,31 @@ impl Writer {
             // silence is dropped and the jitter buffer primes again, as at start. (The
             // buffer-attribute requests allocate in libpulse; they happen only at these
             // switches, never per block.)
+            let direct = self.stats.direct.load(Ordering::Relaxed);
+            if direct != standby {
+                standby = direct;
+                let _ = pb.stream.flush(None);
+                if standby {
+                    let _ = pb.stream.cork(None);
+                } else {
+                    let _ = pb.stream.uncork(None);
+                    self.jitter.restart();
+                }
+                settled = std::time::Instant::now();
+            }
+            if standby {
+                // The queue gets nothing meanwhile; what it held before is stale.
+                self.cons.skip(self.cons.occupied_len());
+                handled = underflows.get();
+                if pb.conn.wait(IDLE_POLL_US).is_err()
+                    || !pb.conn.good()
+                    || !pb.stream.get_state().is_good()
+                {
+                    self.failed.store(true, Ordering::Relaxed);
+                    return;
+                }
+                continue;
+            }
             let listening = self.stats.listeners.load(Ordering::Relaxed);
             if listening == idle {
                 idle = !listening;
@@ -379,7 +407,10 @@ impl Writer {
                 }
                 continue;
             }
-            while room >= period && !self.stop.load(Ordering::Relaxed) {
+            while room >= period
+                && !self.stop.load(Ordering::Relaxed)
+                && !self.stats.direct.load(Ordering::Relaxed)
+            {
                 room -= period;
                 if self
                     .write_one(&mut pb.stream, &mut buf, &mut bytes)
@@ -433,6 +464,7 @@ impl Writer {
                 if step != Step::Wait
                     && self.jitter.ran_dry()
                     && self.stats.input_running.load(Ordering::Relaxed)
+                    && !self.stats.direct.load(Ordering::Relaxed)
                 {
                     self.stats.underruns.fetch_add(1, Ordering::Relaxed);
                 }

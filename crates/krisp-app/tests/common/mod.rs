@@ -153,6 +153,10 @@ impl Krisp {
     pub fn start_with(server: &AudioServer, extra: &[&str], licensed: bool) -> Krisp {
         let mut args = vec!["run", "--headless"];
         args.extend_from_slice(extra);
+        // For measurements: options added to every engine a test starts (e.g.
+        // `--no-direct-feed` to compare with the feeder-thread path).
+        let more = std::env::var("KRISP_E2E_EXTRA_ARGS").unwrap_or_default();
+        args.extend(more.split_whitespace());
         Krisp::spawn(server, &args, licensed, &[])
     }
 
