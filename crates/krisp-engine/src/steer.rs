@@ -58,6 +58,9 @@ pub(crate) struct SteeredQueue {
 /// pass-through after `krisp off` fell from bit-exact to ~21 dB SI-SDR against the
 /// microphone with equal clocks), so it is only paid for when the clocks really differ.
 const DEADBAND: f64 = 48.0;
+/// A steered ratio this close to 1 (50 ppm, about twice the controller's own jitter) counts as
+/// "nothing to correct" once the fill is back near its setpoint.
+const IDLE_PPM: f64 = 50e-6;
 
 impl SteeredQueue {
     /// Wraps the queue's producer; every [`push`](Self::push) takes one `CHUNK`. Disabled,
@@ -129,10 +132,20 @@ impl SteeredQueue {
         match &mut self.drift {
             Some(d) => {
                 let ratio = d.update(fill.round() as u64, CHUNK as u32);
-                self.engaged |= (d.filtered_fill() - self.setpoint).abs() > DEADBAND;
-                if self.engaged {
-                    self.ratio = ratio;
+                let off = (d.filtered_fill() - self.setpoint).abs();
+                if !self.engaged && off > DEADBAND {
+                    // Start from a clean history: the blocks that passed untouched meanwhile
+                    // are not in the resampler's.
+                    self.resampler.reset();
+                    self.engaged = true;
+                } else if self.engaged && off < DEADBAND / 4.0 && (ratio - 1.0).abs() < IDLE_PPM {
+                    // Back at the setpoint and the controller asks for (almost) nothing: the
+                    // clocks agree after all (a transient moved the fill). Untouched blocks
+                    // again, so a pass-through stays bit-exact; real drift moves the fill out
+                    // of the band again and re-engages with what the controller learnt.
+                    self.engaged = false;
                 }
+                self.ratio = if self.engaged { ratio } else { 1.0 };
             }
             None if self.since_prime > SETTLE => {
                 self.sum += fill;
@@ -181,6 +194,16 @@ mod tests {
     /// due to take since its last pop: the audio's age, not the saw-tooth of whole periods)
     /// over the run's last minute, and the final ratio.
     fn run(ppm: f64, seconds: f64) -> (usize, usize, f64) {
+        run_with(ppm, seconds, None).0
+    }
+
+    /// As [`run`], with the consumer skipping its pops for a stretch `(from, secs)`; also
+    /// returns how many pushes were resampled in the last 30 s and in all.
+    fn run_with(
+        ppm: f64,
+        seconds: f64,
+        stall: Option<(f64, f64)>,
+    ) -> ((usize, usize, f64), usize, usize) {
         let (prod, mut cons) = HeapRb::<f32>::new(48_000).split();
         let stats = StatsInner::default();
         stats.listeners.store(true, Ordering::Relaxed);
@@ -194,6 +217,7 @@ mod tests {
         let (mut lo, mut hi) = (usize::MAX, 0);
         let mut primed = false;
         let mut last_pop = 0.0;
+        let (mut resampled, mut engaged) = (0, 0);
         while t_push < seconds {
             if t_push <= t_pop {
                 if t_push > seconds - 60.0 {
@@ -202,12 +226,20 @@ mod tests {
                     hi = hi.max(f);
                 }
                 assert!(q.push(&block, &stats, (t_push * 1e9) as u64), "overrun");
+                if q.engaged {
+                    engaged += 1;
+                    if t_push > seconds - 30.0 {
+                        resampled += 1;
+                    }
+                }
                 t_push += push_dt;
             } else {
                 if !primed && cons.occupied_len() >= 600 {
                     primed = true;
                 }
-                if primed {
+                let stalled =
+                    stall.is_some_and(|(from, secs)| (from..from + secs).contains(&t_pop));
+                if primed && !stalled {
                     stats
                         .last_pop_ns
                         .store((t_pop * 1e9) as u64, Ordering::Relaxed);
@@ -218,7 +250,24 @@ mod tests {
                 t_pop += 0.01;
             }
         }
-        (lo, hi, q.ratio())
+        ((lo, hi, q.ratio()), resampled, engaged)
+    }
+
+    #[test]
+    fn after_a_transient_with_agreeing_clocks_blocks_pass_untouched_again() {
+        // The consumer stalls for 30 ms at 20 s: the fill jumps by 1,440 frames and steering
+        // engages to bring it back; with equal clocks it must then let go.
+        let ((lo, hi, ratio), resampled, engaged) = run_with(0.0, 150.0, Some((20.0, 0.03)));
+        assert!(engaged > 100, "the transient engaged it ({engaged} blocks)");
+        assert_eq!(
+            resampled, 0,
+            "still resampling in the last 30 s (fill {lo}..{hi})"
+        );
+        assert_eq!(ratio, 1.0);
+        // A real drift after the same transient keeps it engaged and holds the fill.
+        let ((_, _, ratio), resampled, _) = run_with(300.0, 150.0, Some((20.0, 0.03)));
+        assert!(resampled > 2_000, "{resampled}");
+        assert!((ratio - 1.0 / 1.0003).abs() < 1e-4, "{ratio}");
     }
 
     #[test]
