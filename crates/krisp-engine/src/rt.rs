@@ -131,9 +131,11 @@ impl CaptureSide {
                 if !q.push(&self.outbuf, &self.stats, monotonic_ns()) {
                     self.stats.overruns.fetch_add(1, Ordering::Relaxed);
                 }
-                self.stats
-                    .drift_ppm
-                    .store(((q.ratio() - 1.0) * 1e6).round() as i64, Ordering::Relaxed);
+                if q.steering() {
+                    self.stats
+                        .drift_ppm
+                        .store(((q.ratio() - 1.0) * 1e6).round() as i64, Ordering::Relaxed);
+                }
             }
             Sink::Ring(feed) => {
                 // A full shared ring means no reader plays (or it stalled): the feed counts

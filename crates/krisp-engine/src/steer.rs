@@ -25,7 +25,7 @@ use krisp_vdev::shm::DriftController;
 use ringbuf::HeapProd;
 use ringbuf::traits::{Observer, Producer};
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
-use rubato::{Adjustable, Async, FixedAsync, PolynomialDegree, Resampler};
+use rubato::{Adjustable, Async, Resampler};
 
 use crate::rt::CHUNK;
 use crate::stats::StatsInner;
@@ -66,18 +66,10 @@ impl SteeredQueue {
     /// Wraps the queue's producer; every [`push`](Self::push) takes one `CHUNK`. Disabled,
     /// blocks always pass untouched.
     pub fn new(prod: HeapProd<f32>, enabled: bool) -> Self {
-        // Septic polynomial interpolation, as RingFeed: transparent for speech at ratios
-        // within 1 ± 0.001, far cheaper than a sinc resampler.
-        let max = 1.0 + 2.0 * DriftController::new(48_000, 0).max_deviation();
-        let resampler = Async::<f32>::new_poly(
-            1.0,
-            max,
-            PolynomialDegree::Septic,
-            CHUNK,
-            1,
-            FixedAsync::Input,
-        )
-        .expect("a 480-frame mono polynomial resampler is a valid configuration");
+        // The same resampler as the drivers' ring feed (krisp-vdev's RingFeed).
+        let resampler = DriftController::new(48_000, 0)
+            .resampler(CHUNK, 1)
+            .expect("a 480-frame mono polynomial resampler is a valid configuration");
         let out = vec![0.0; resampler.output_frames_max()];
         SteeredQueue {
             prod,
@@ -93,6 +85,11 @@ impl SteeredQueue {
             setpoint: 0.0,
             enabled,
         }
+    }
+
+    /// Whether drift steering is on at all (`EngineConfig::drift_steering`).
+    pub fn steering(&self) -> bool {
+        self.enabled
     }
 
     /// The ratio applied to the last block (1.0 = nominal).

@@ -8,7 +8,7 @@
 //! made in [`RingFeed::new`] does not allocate).
 
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
-use rubato::{Adjustable, Async, FixedAsync, PolynomialDegree, Resampler};
+use rubato::{Adjustable, Async, Resampler};
 
 use super::{DriftController, RingMonitor, RingWriter, ShmError};
 
@@ -52,19 +52,11 @@ impl RingFeed {
         }
         let channels = h.channels as usize;
         let drift = DriftController::new(h.sample_rate, h.target_fill_frames);
-        // Septic polynomial interpolation: the ratio stays within 1 ± 0.001, where this is
-        // transparent for speech at a fraction of a sinc resampler's cost.
-        let resampler = Async::<f32>::new_poly(
-            1.0,
-            1.0 + 2.0 * drift.max_deviation(),
-            PolynomialDegree::Septic,
-            block_frames,
-            channels,
-            FixedAsync::Input,
-        )
-        .map_err(|_| ShmError::InvalidConfig {
-            what: "the resampler refused the block size",
-        })?;
+        let resampler = drift
+            .resampler(block_frames, channels)
+            .ok_or(ShmError::InvalidConfig {
+                what: "the resampler refused the block size",
+            })?;
         let out = vec![0.0; resampler.output_frames_max() * channels];
         // The reader counts as gone when its clock has not moved for ~250 ms.
         let idle_limit = (h.sample_rate as usize / 4 / block_frames).max(2) as u32;
