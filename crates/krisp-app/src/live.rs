@@ -28,8 +28,30 @@ pub struct RunArgs {
     pub device_buffer_ms: Option<f32>,
     pub drift_steering: bool,
     pub direct_feed: bool,
+    pub device: DeviceArg,
     pub output: OutputArg,
     pub ring_name: Option<String>,
+}
+
+/// `krisp run --device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    /// A pipe source on PulseAudio, a null sink on PipeWire.
+    Auto,
+    /// `module-pipe-source`: each denoised block is written as it comes (lowest latency).
+    Pipe,
+    /// A null sink fed through a jitter buffer, its monitor remapped into the source.
+    NullSink,
+}
+
+impl From<DeviceArg> for krisp_engine::VirtualDevice {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Auto => krisp_engine::VirtualDevice::Auto,
+            DeviceArg::Pipe => krisp_engine::VirtualDevice::Pipe,
+            DeviceArg::NullSink => krisp_engine::VirtualDevice::NullSink,
+        }
+    }
 }
 
 /// `krisp run --output`.
@@ -106,6 +128,7 @@ impl Session {
         }
         cfg.drift_steering = args.drift_steering;
         cfg.direct_feed = args.direct_feed;
+        cfg.device = args.device.into();
         if let Some(ms) = args.buffer_ms {
             cfg.target_fill = (ms.clamp(0.0, 500.0) * 48.0) as usize;
         }
@@ -359,7 +382,9 @@ fn print_status(r: &Response) {
         "xruns:         {} underruns, {} overruns, {} samples dropped / {} inserted for drift; {} restarts",
         s.underruns, s.overruns, s.drift_dropped, s.drift_inserted, s.restarts
     );
-    if s.output == krisp_engine::OUTPUT_VIRTUAL_MIC && s.direct {
+    if s.output == krisp_engine::OUTPUT_VIRTUAL_MIC && s.pipe {
+        println!("buffers:       none (pipe source: each block is written as it is denoised)");
+    } else if s.output == krisp_engine::OUTPUT_VIRTUAL_MIC && s.direct {
         println!(
             "buffers:       direct feed, device {:.1} ms ({} server underflows)",
             s.device_buffer_ms, s.device_underflows

@@ -106,6 +106,11 @@ enum Command {
         /// docs/performance.md).
         #[arg(long)]
         direct_feed: bool,
+        /// How "Krisp Microphone" is made: `pipe` (a pipe source written as the audio comes:
+        /// the least latency, no drift), `null-sink` (a null sink fed through a jitter
+        /// buffer), or `auto`: pipe on PulseAudio, null sink on PipeWire (default).
+        #[arg(long, value_enum, default_value_t = live::DeviceArg::Auto)]
+        device: live::DeviceArg,
         /// Control socket path (default: $XDG_RUNTIME_DIR/krisp/control.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
@@ -186,6 +191,7 @@ fn main() -> ExitCode {
         device_buffer_ms: None,
         drift_steering: false,
         direct_feed: false,
+        device: live::DeviceArg::Auto,
         socket: None,
         output: live::OutputArg::VirtualMic,
         ring_name: None,
@@ -223,6 +229,7 @@ fn main() -> ExitCode {
             device_buffer_ms,
             drift_steering,
             direct_feed,
+            device,
             socket,
             output,
             ring_name,
@@ -241,6 +248,7 @@ fn main() -> ExitCode {
                 device_buffer_ms,
                 drift_steering,
                 direct_feed,
+                device,
                 output,
                 ring_name,
             };

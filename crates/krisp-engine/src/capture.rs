@@ -22,7 +22,7 @@ use libpulse_binding::stream::{FlagSet, Latency, PeekResult, SeekMode, Stream};
 
 use crate::direct::{DirectOut, LatencyHold};
 use crate::pa::{ANSWER_TIMEOUT, Conn};
-use crate::rt::{CHUNK, CaptureSide};
+use crate::rt::{CHUNK, CaptureSide, Sink};
 use crate::stats::StatsInner;
 
 /// Frames per read by default: one model frame (10 ms at 48 kHz). The denoiser works on whole
@@ -358,6 +358,14 @@ fn run(
                         break 'io;
                     }
                     deliver(bytes, &mut buf, &mut side);
+                    if let Sink::Pipe(p) = &mut side.sink
+                        && p.flush(stats.listeners.load(Ordering::Relaxed), &stats)
+                            .is_err()
+                    {
+                        // The server's end of the FIFO is gone (module unloaded).
+                        failed.store(true, Ordering::Relaxed);
+                        break 'io;
+                    }
                     if let Some(feed) = cap.feed.as_mut()
                         && side.direct.on
                         && feed.write(&mut side.direct, &stats, rate).is_err()

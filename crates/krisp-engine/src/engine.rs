@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use krisp_dsp::{Config as DspConfig, Denoiser, Framing, Handle, Model, SwapSender, swap_channel};
-use krisp_vdev::pulse::{MIC_RATE, VirtualMic};
+use krisp_vdev::pulse::{MIC_RATE, MicKind, VirtualMic};
 use krisp_vdev::shm::{RingConfig, RingFeed, RingWriter};
 use ringbuf::HeapRb;
 use ringbuf::traits::Split;
@@ -48,6 +48,19 @@ pub enum Output {
     SharedRing(RingConfig),
 }
 
+/// How "Krisp Microphone" is made on Linux (krisp-vdev's [`MicKind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VirtualDevice {
+    /// A pipe source on PulseAudio, the null sink on PipeWire (measured: its 0.3 pipe tunnel
+    /// fills a late quantum with silence; docs/performance.md).
+    #[default]
+    Auto,
+    /// `module-pipe-source`: the engine writes each denoised chunk into its FIFO (`pipe.rs`).
+    Pipe,
+    /// A null sink fed by the feeder thread, its monitor remapped into the source.
+    NullSink,
+}
+
 /// How the engine starts.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -87,6 +100,8 @@ pub struct EngineConfig {
     pub direct_feed: bool,
     /// The direct feed's starting margin in frames ([`DEFAULT_DIRECT_PRIME`]).
     pub direct_prime_frames: usize,
+    /// How the virtual microphone is made (with [`Output::VirtualMic`]).
+    pub device: VirtualDevice,
 }
 
 impl EngineConfig {
@@ -106,6 +121,7 @@ impl EngineConfig {
             drift_steering: false,
             direct_feed: false,
             direct_prime_frames: DEFAULT_DIRECT_PRIME,
+            device: VirtualDevice::Auto,
         }
     }
 }
@@ -602,10 +618,19 @@ impl Supervisor {
         // Takes in the server's events; a lost connection means the server is down.
         watch.update().map_err(EngineError::Server)?;
         if !self.mic_ready {
-            self.cfg
-                .mic
-                .create()
-                .map_err(|e| EngineError::Server(e.to_string()))?;
+            let server = |e: krisp_vdev::pulse::PulseError| EngineError::Server(e.to_string());
+            // Chosen each time: the server that comes back after a restart may be another.
+            let pipe = match self.cfg.device {
+                VirtualDevice::Pipe => true,
+                VirtualDevice::NullSink => false,
+                VirtualDevice::Auto => !krisp_vdev::pulse::server_is_pipewire().map_err(server)?,
+            };
+            self.cfg.mic.kind = if pipe {
+                MicKind::Pipe(krisp_vdev::pulse::default_fifo(&self.cfg.mic.source))
+            } else {
+                MicKind::NullSink
+            };
+            self.cfg.mic.create().map_err(server)?;
             self.mic_ready = true;
             // The new source is in the snapshot before it is looked for.
             watch.refresh().map_err(EngineError::Server)?;
@@ -618,6 +643,14 @@ impl Supervisor {
         self.stats.listeners.store(listening, Ordering::Relaxed);
         if !self.output_started {
             self.start_output()?;
+        }
+        // No microphone: the pipe source gets silence from here, so recorders never stall.
+        if self.capture.is_none()
+            && let Some(side) = self.idle_side.as_mut()
+            && let Sink::Pipe(p) = &mut side.sink
+        {
+            p.silence(listening, &self.stats)
+                .map_err(|e| EngineError::Server(format!("Krisp Microphone's FIFO: {e}")))?;
         }
         self.check_capture_source();
         Ok(())
@@ -694,9 +727,18 @@ impl Supervisor {
     }
 
     fn start_output(&mut self) -> Result<(), EngineError> {
-        let (sink, output_delay) = match &self.cfg.output {
-            Output::VirtualMic => (self.start_pulse_feeder()?, self.cfg.device_buffer_frames),
-            Output::SharedRing(rc) => {
+        let (sink, output_delay) = match (&self.cfg.output, &self.cfg.mic.kind) {
+            // Written as it comes: no buffer of ours between the model and the recorders.
+            (Output::VirtualMic, MicKind::Pipe(fifo)) => (
+                Sink::Pipe(Box::new(
+                    crate::pipe::PipeOut::open(fifo, MIC_RATE).map_err(EngineError::Server)?,
+                )),
+                0,
+            ),
+            (Output::VirtualMic, MicKind::NullSink) => {
+                (self.start_pulse_feeder()?, self.cfg.device_buffer_frames)
+            }
+            (Output::SharedRing(rc), _) => {
                 let writer = match self.pending_ring.take() {
                     Some(w) => w,
                     None => RingWriter::create(rc)?,
@@ -720,6 +762,9 @@ impl Supervisor {
             denoiser.latency() as u64 + CHUNK as u64 / 2 + output_delay as u64,
             Ordering::Relaxed,
         );
+        self.stats
+            .pipe
+            .store(matches!(sink, Sink::Pipe(_)), Ordering::Relaxed);
         let (swap, rt) = swap_channel(denoiser);
         self.swap = Some(swap);
         self.idle_side = Some(CaptureSide::new(sink, rt, self.stats.clone()));
@@ -788,13 +833,16 @@ impl Supervisor {
             }
         };
         let frames = self.cfg.capture_frames as usize;
-        let side = self.idle_side.take().expect("invariant: checked by caller");
+        let mut side = self.idle_side.take().expect("invariant: checked by caller");
+        if let Sink::Pipe(p) = &mut side.sink {
+            p.end_silence();
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(AtomicBool::new(false));
         // With the PulseAudio output the capture thread writes the virtual device itself
         // while someone records (direct.rs); the shared ring is written by the realtime side.
         let direct = match (&self.cfg.output, self.cfg.direct_feed) {
-            (Output::VirtualMic, true) => Some(crate::capture::DirectTo {
+            (Output::VirtualMic, true) if self.cfg.mic.kind == MicKind::NullSink => Some(crate::capture::DirectTo {
                 sink: self.cfg.mic.sink.clone(),
                 buffer_frames: self.cfg.device_buffer_frames,
                 prime_frames: self.cfg.direct_prime_frames,

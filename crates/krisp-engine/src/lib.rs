@@ -19,6 +19,7 @@ mod capture;
 mod direct;
 mod engine;
 mod pa;
+mod pipe;
 mod rt;
 pub mod socket;
 mod stats;
@@ -26,7 +27,7 @@ mod steer;
 mod watch;
 mod writer;
 
-pub use engine::{Control, Engine, EngineConfig, Health, Output, StatusHandle};
+pub use engine::{Control, Engine, EngineConfig, Health, Output, StatusHandle, VirtualDevice};
 pub use krisp_vdev::pulse::VirtualMic;
 pub use krisp_vdev::shm::{RingConfig, default_ring_name};
 pub use stats::{OUTPUT_SHARED_RING, OUTPUT_VIRTUAL_MIC, RingStatus, Stats, StatsSnapshot};

@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::direct::DirectOut;
+use crate::pipe::PipeOut;
 use crate::stats::StatsInner;
 use crate::steer::SteeredQueue;
 use krisp_dsp::SwapReceiver;
@@ -34,6 +35,9 @@ pub(crate) enum Sink {
     Queue(Box<SteeredQueue>),
     /// The shared-memory ring a driver reads (boxed: it carries the resampler).
     Ring(Box<RingFeed>),
+    /// The FIFO of the pipe-source "Krisp Microphone" (`pipe.rs`): chunks are queued here and
+    /// written by the capture I/O thread after each block.
+    Pipe(Box<PipeOut>),
 }
 
 /// Capture callback state.
@@ -93,7 +97,7 @@ impl CaptureSide {
         // on the realtime thread, so a driver that starts IO hears the voice within a block or
         // two however late the control thread runs.
         let listening = match &self.sink {
-            Sink::Queue(_) => self.stats.listeners.load(Ordering::Relaxed),
+            Sink::Queue(_) | Sink::Pipe(_) => self.stats.listeners.load(Ordering::Relaxed),
             Sink::Ring(feed) => {
                 let playing = feed.reader_playing();
                 self.stats.listeners.store(playing, Ordering::Relaxed);
@@ -135,6 +139,12 @@ impl CaptureSide {
                     self.stats
                         .drift_ppm
                         .store(((q.ratio() - 1.0) * 1e6).round() as i64, Ordering::Relaxed);
+                }
+            }
+            // Nobody records: nothing to write (the FIFO would only fill with stale audio).
+            Sink::Pipe(p) => {
+                if listening && !p.push(&self.outbuf) {
+                    self.stats.overruns.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Sink::Ring(feed) => {

@@ -246,6 +246,7 @@ mod tests {
                 drift_dropped: 0,
                 drift_inserted: 0,
                 direct: false,
+                pipe: false,
                 late_model_frames: 0,
                 input_rms: 0.0,
                 output_rms: 0.0,

@@ -50,6 +50,8 @@ pub(crate) struct StatsInner {
     /// In direct mode: the device buffer's measured level plus the device's own latency,
     /// frames (mean of the last second).
     pub direct_latency: AtomicU64,
+    /// The virtual microphone is a pipe source (`pipe.rs`).
+    pub pipe: AtomicBool,
 }
 
 /// The shared ring the engine writes, for status.
@@ -164,6 +166,10 @@ pub struct StatsSnapshot {
     /// The shared ring, when it is the output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring: Option<RingStatus>,
+    /// "Krisp Microphone" is a pipe source, written as the audio comes (no jitter or device
+    /// buffer of ours on the path).
+    #[serde(default)]
+    pub pipe: bool,
 }
 
 impl Stats {
@@ -233,6 +239,7 @@ impl Stats {
             }
             .to_string(),
             ring,
+            pipe: i.pipe.load(r),
         }
     }
 }

@@ -1,6 +1,14 @@
-//! "Krisp Microphone" on Linux: a null sink the app plays into, remapped into a source with a
-//! human name. Works on PulseAudio and on PipeWire through pipewire-pulse, which implements the
-//! same modules.
+//! "Krisp Microphone" on Linux, in one of two shapes ([`MicKind`]):
+//! - a pipe source (`module-pipe-source`): the app writes each denoised block into a FIFO and
+//!   the server posts it to the recorders as it arrives. The source has no clock of its own,
+//!   so the microphone's clock is the only one on the path: nothing between the two can fill
+//!   up or run dry, and the added latency is what the app's processing takes (the default on
+//!   PulseAudio);
+//! - a null sink the app plays into, remapped into a source with a human name (the default on
+//!   PipeWire, whose 0.3 pipe tunnel fills its own quantum with silence when a block is late).
+//!
+//! Both work on PulseAudio and on PipeWire through pipewire-pulse, which implements the same
+//! modules.
 //!
 //! Modules are loaded and unloaded with `pactl` (pulseaudio-utils), the server's own
 //! command-line client: this runs on the control thread only, a few times per session. Every
@@ -8,6 +16,7 @@
 //! instance's leftovers are found and removed before new ones are created: exactly one
 //! "Krisp Microphone" exists at any time.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Human name of the virtual microphone, as recorders show it.
@@ -49,6 +58,17 @@ pub struct VirtualMic {
     pub description: String,
     /// Channels of the virtual microphone (1: a microphone is mono).
     pub channels: u16,
+    /// How the source is made.
+    pub kind: MicKind,
+}
+
+/// How "Krisp Microphone" is made on the audio server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MicKind {
+    /// A null sink the app plays into, its monitor remapped into the source.
+    NullSink,
+    /// `module-pipe-source` reading the FIFO at this path (float32le at [`MIC_RATE`]).
+    Pipe(PathBuf),
 }
 
 impl Default for VirtualMic {
@@ -58,8 +78,25 @@ impl Default for VirtualMic {
             sink: MIC_SINK.into(),
             description: MIC_DESCRIPTION.into(),
             channels: 1,
+            kind: MicKind::NullSink,
         }
     }
+}
+
+/// Where the FIFO of a pipe-source microphone called `source` lives: the user's runtime
+/// directory (`$XDG_RUNTIME_DIR/krisp`, private to the user), else the temporary directory.
+pub fn default_fifo(source: &str) -> PathBuf {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("krisp").join(format!("{source}.fifo"))
+}
+
+/// Whether the server behind `pactl` is PipeWire's pulse server (its `Server Name` says so).
+pub fn server_is_pipewire() -> Result<bool, PulseError> {
+    Ok(pactl(&["info"])?
+        .lines()
+        .any(|l| l.starts_with("Server Name:") && l.contains("PipeWire")))
 }
 
 /// One line of `pactl list short modules`.
@@ -142,9 +179,12 @@ impl VirtualMic {
             .count())
     }
 
-    /// Removes leftovers (e.g. after a crash), then creates the sink and the source.
+    /// Removes leftovers (e.g. after a crash), then creates the source (and its sink).
     pub fn create(&self) -> Result<(), PulseError> {
         self.remove()?;
+        if let MicKind::Pipe(fifo) = &self.kind {
+            return self.create_pipe(fifo);
+        }
         let marker = self.marker();
         let ch = self.channels.to_string();
         let map = if self.channels == 1 {
@@ -178,6 +218,44 @@ impl VirtualMic {
         Ok(())
     }
 
+    fn create_pipe(&self, fifo: &Path) -> Result<(), PulseError> {
+        let failed = |reason: String| PulseError::LoadFailed {
+            module: "module-pipe-source",
+            reason,
+        };
+        if let Some(dir) = fifo.parent() {
+            create_private_dir(dir)
+                .map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        // PulseAudio refuses a FIFO that already exists (a server that crashed leaves its
+        // own behind); the path is ours.
+        match std::fs::remove_file(fifo) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(failed(format!("cannot remove {}: {e}", fifo.display()))),
+        }
+        let path = fifo
+            .to_str()
+            .filter(|p| !p.contains(char::is_whitespace) && !p.contains(['"', '\'']))
+            .ok_or_else(|| failed(format!("unusable FIFO path {}", fifo.display())))?;
+        let ch = self.channels.to_string();
+        let map = if self.channels == 1 {
+            "mono"
+        } else {
+            "front-left,front-right"
+        };
+        let args = format!(
+            "source_name={} file={path} format=float32le rate={MIC_RATE} channels={ch} \
+             channel_map={map} source_properties=\"device.description='{}' {} \
+             device.icon_name=audio-input-microphone\"",
+            self.source,
+            self.description,
+            self.marker()
+        );
+        pactl(&["load-module", "module-pipe-source", &args]).map_err(|e| failed(e.to_string()))?;
+        Ok(())
+    }
+
     /// Unloads every module of this virtual microphone. Idempotent.
     pub fn remove(&self) -> Result<(), PulseError> {
         // The source first: it depends on the sink's monitor.
@@ -185,6 +263,10 @@ impl VirtualMic {
         mods.sort_by_key(|m| std::cmp::Reverse(m.name == "module-remap-source"));
         for m in mods {
             let _ = pactl(&["unload-module", &m.index.to_string()]);
+        }
+        // PipeWire leaves a FIFO it found in place; nothing else uses ours.
+        if let MicKind::Pipe(fifo) = &self.kind {
+            let _ = std::fs::remove_file(fifo);
         }
         Ok(())
     }
@@ -215,6 +297,15 @@ mod tests {
         assert!(m[0].args.contains("krisp_mic_sink"));
         assert_eq!(m[2].args, "");
     }
+}
+
+/// Creates `dir` (and its parents) readable by the user only.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// A source as the audio server lists it.
