@@ -96,13 +96,16 @@ fn listen_and_check(
          start offset {start_offset}); reported by the engine: {} ms, jitter buffer {} ms",
         stats_after["stats"]["added_latency_ms"], stats_after["stats"]["jitter_buffer_ms"]
     );
-    // The issue's bound is 40 ms (goal 20). Measured here: 34-50 ms on an idle machine; on a
-    // machine whose hypervisor steals CPU the jitter buffer grows (up to 40 ms) to stop the
-    // dropouts, so the test holds a 120 ms ceiling that still catches buffers that grow without
-    // bound; docs/performance.md tracks the figures and the gap to 40 ms.
+    // The issue's bound is 40 ms (goal 20). With the pipe source (PulseAudio's default) the
+    // path holds no buffer of ours: measured 22-23 ms, bound 40. With the null sink (PipeWire's
+    // default) the jitter buffer grows (up to 40 ms) on a machine whose hypervisor steals CPU,
+    // to stop the dropouts: measured 41-57 ms, so there the test holds a 120 ms ceiling that
+    // still catches buffers that grow without bound; docs/performance.md has the figures.
     // A model with more delay than RNNoise's 10 ms (DeepFilterNet3 live: 50 ms) moves the
     // bound by the difference.
-    let bound = 120.0 + run.model_extra_ms;
+    // The pipe source has no buffer of ours that could grow: there the issue's 40 ms holds.
+    let pipe = stats_after["stats"]["pipe"] == true;
+    let bound = if pipe { 40.0 } else { 120.0 } + run.model_extra_ms;
     check!(
         latency_ms <= bound,
         "added latency {latency_ms:.1} ms exceeds {bound} ms"
@@ -260,7 +263,9 @@ fn switch_model_while_recording(server: &AudioServer, krisp: &Krisp, to: &str) {
     // The voice continues after the switch (at the new model's delay).
     for k in [1usize, 4] {
         let w = 48_000 * k..48_000 * (k + 1);
-        let (_, c) = find_lag_in(&mic[w.clone()], &out[w.start..], 0, 9_600);
+        // From 50 ms early: the Krisp Microphone recording may start later than the mic's by
+        // more than the path's delay (a pipe source delivers from the first written chunk).
+        let (_, c) = find_lag_in(&mic[w.clone()], &out[w.start - 2_400..], 0, 12_000);
         eprintln!("switch to {to}: second {k} correlation with the mic {c:.2}");
         assert!(c > 0.5, "second {k}: voice lost around the switch ({c:.2})");
     }
@@ -380,9 +385,15 @@ fn end_to_end_with(run: Run) {
         "duplicate or missing Krisp Microphone"
     );
     let mods = server.pactl(&["list", "short", "modules"]).unwrap();
-    assert_eq!(mods.matches("krisp.owner=krisp_mic").count(), 2, "{mods}");
     // The remembered input is used on the second start.
     let st = krisp2.status_json(&server);
+    // One module for a pipe source; a null sink and its remap source otherwise.
+    let pipe = st["stats"]["pipe"] == true;
+    assert_eq!(
+        mods.matches("krisp.owner=krisp_mic").count(),
+        if pipe { 1 } else { 2 },
+        "{mods}"
+    );
     assert_eq!(st["input"], "fake_mic", "{st}");
 
     // Clean exit removes the device.
@@ -393,6 +404,8 @@ fn end_to_end_with(run: Run) {
         0,
         "Krisp Microphone left behind"
     );
+    let fifo = server.runtime_dir().join("krisp").join("krisp_mic.fifo");
+    assert!(!fifo.exists(), "{} left behind", fifo.display());
 }
 
 #[test]
@@ -456,12 +469,13 @@ fn microphones_at_other_rates_and_layouts_come_through() {
         let (mut corr, mut lag) = (f64::MIN, 0);
         for k in 1..5 {
             let w = 48_000 * k..48_000 * (k + 1);
-            let (l, c) = find_lag_in(&mic[w.clone()], &out[w.start..], 0, 9_600);
+            // From 50 ms early, as in `switch_model_while_recording`.
+            let (l, c) = find_lag_in(&mic[w.clone()], &out[w.start - 2_400..], 0, 12_000);
             if c > corr {
-                (corr, lag) = (c, l);
+                (corr, lag) = (c, l - 2_400);
             }
         }
-        let seg_out = &out[48_000 + lag as usize..48_000 * 5 + lag as usize];
+        let seg_out = &out[(48_000 + lag) as usize..(48_000 * 5 + lag) as usize];
         let ratio = energy(seg_out) / energy(&mic[48_000..48_000 * 5]);
         eprintln!("{rate} Hz x{channels}: correlation {corr:.2}, energy ratio {ratio:.2}");
         assert!(
@@ -534,7 +548,8 @@ fn without_a_license_the_microphone_passes_through_untouched() {
 }
 
 /// The machine suspends and resumes (simulated as the issue suggests: the microphone and the
-/// virtual device's sink are suspended with pactl, then resumed): audio comes back through
+/// virtual device (the pipe source, or the null sink behind it) are suspended with pactl, then
+/// resumed): audio comes back through
 /// "Krisp Microphone" without anyone doing anything, and there is still exactly one.
 #[test]
 fn audio_comes_back_after_the_devices_are_suspended_and_resumed() {
@@ -556,7 +571,13 @@ fn audio_comes_back_after_the_devices_are_suspended_and_resumed() {
         server.wait_for(Duration::from_secs(15), |_| captured(&krisp) > 48_000),
         "the microphone never started"
     );
-    for (kind, name) in [("source", "fake_mic"), ("sink", "krisp_mic_sink")] {
+    // The virtual device: the pipe source itself, or the null sink behind the remap source.
+    let device = if krisp.status_json(&server)["stats"]["pipe"] == true {
+        ("source", "krisp_mic")
+    } else {
+        ("sink", "krisp_mic_sink")
+    };
+    for (kind, name) in [("source", "fake_mic"), device] {
         server
             .pactl(&[&format!("suspend-{kind}"), name, "1"])
             .unwrap_or_else(|| panic!("cannot suspend {name}"));
@@ -568,7 +589,7 @@ fn audio_comes_back_after_the_devices_are_suspended_and_resumed() {
         during < 24_000,
         "the suspend did not stop the microphone ({during} frames in 2 s): the test proves nothing"
     );
-    for (kind, name) in [("source", "fake_mic"), ("sink", "krisp_mic_sink")] {
+    for (kind, name) in [("source", "fake_mic"), device] {
         server
             .pactl(&[&format!("suspend-{kind}"), name, "0"])
             .unwrap_or_else(|| panic!("cannot resume {name}"));

@@ -842,11 +842,13 @@ impl Supervisor {
         // With the PulseAudio output the capture thread writes the virtual device itself
         // while someone records (direct.rs); the shared ring is written by the realtime side.
         let direct = match (&self.cfg.output, self.cfg.direct_feed) {
-            (Output::VirtualMic, true) if self.cfg.mic.kind == MicKind::NullSink => Some(crate::capture::DirectTo {
-                sink: self.cfg.mic.sink.clone(),
-                buffer_frames: self.cfg.device_buffer_frames,
-                prime_frames: self.cfg.direct_prime_frames,
-            }),
+            (Output::VirtualMic, true) if self.cfg.mic.kind == MicKind::NullSink => {
+                Some(crate::capture::DirectTo {
+                    sink: self.cfg.mic.sink.clone(),
+                    buffer_frames: self.cfg.device_buffer_frames,
+                    prime_frames: self.cfg.direct_prime_frames,
+                })
+            }
             _ => None,
         };
         match crate::capture::start(

@@ -232,7 +232,10 @@ mod tests {
         p.flush(true, &stats).unwrap();
         let got = read_all(&server);
         assert_eq!(got.len(), 3 * CHUNK);
-        assert!(got.iter().enumerate().all(|(i, &x)| x == i as f32), "order kept");
+        assert!(
+            got.iter().enumerate().all(|(i, &x)| x == i as f32),
+            "order kept"
+        );
         // Nobody reads: the FIFO fills, and further chunks are dropped and counted.
         for k in 0..40 {
             assert!(p.push(&chunk(k)), "the queue is emptied by every flush");
@@ -241,7 +244,11 @@ mod tests {
         let overruns = stats.overruns.load(Ordering::Relaxed);
         assert!(overruns > 0, "a full FIFO counts overruns");
         let kept = read_all(&server).len();
-        assert_eq!(kept + overruns as usize * CHUNK, 40 * CHUNK, "each chunk whole or not at all");
+        assert_eq!(
+            kept + overruns as usize * CHUNK,
+            40 * CHUNK,
+            "each chunk whole or not at all"
+        );
         let _ = std::fs::remove_file(&path);
     }
 
@@ -256,7 +263,10 @@ mod tests {
         p.flush(true, &stats).unwrap(); // written while someone recorded, not yet read
         assert!(p.push(&ones));
         p.flush(false, &stats).unwrap(); // they left: queued and unread audio is dropped
-        assert!(read_all(&server).is_empty(), "no stale audio for the next recorder");
+        assert!(
+            read_all(&server).is_empty(),
+            "no stale audio for the next recorder"
+        );
         assert!(p.push(&ones));
         p.flush(true, &stats).unwrap();
         assert_eq!(read_all(&server).len(), CHUNK);
@@ -301,7 +311,10 @@ mod tests {
             }
         });
         assert!(read > 48_000 * 4, "audio reached the reader: {read} bytes");
-        assert!(stats.overruns.load(Ordering::Relaxed) > 0, "the stall dropped chunks");
+        assert!(
+            stats.overruns.load(Ordering::Relaxed) > 0,
+            "the stall dropped chunks"
+        );
         let _ = std::fs::remove_file(&path);
     }
 
@@ -322,7 +335,10 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(300));
         p.silence(true, &stats).unwrap();
         let burst = read_all(&server).len();
-        assert!(burst <= MAX_SILENCE_BURST as usize + CHUNK, "{burst} frames");
+        assert!(
+            burst <= MAX_SILENCE_BURST as usize + CHUNK,
+            "{burst} frames"
+        );
         let _ = std::fs::remove_file(&path);
     }
 }
