@@ -78,9 +78,29 @@ echo
 echo "per thread (CPU % of one core):"
 cat "$XDG_RUNTIME_DIR/threads.txt"
 
+# Gaps as a recorder hears them: runs of >= 48 exact zeros (1 ms) in a raw float recording,
+# after its first second. The fake mic itself is recorded alongside: its player restarts at
+# each loop of the sample, and the server may drop under load, which is not Krisp's doing.
+gaps() {
+  python3 - "$1" <<'PY'
+import array, sys
+a = array.array('f'); a.frombytes(open(sys.argv[1], 'rb').read()); a = a[48000:]
+runs, n = [], 0
+for x in a:
+    if x == 0.0: n += 1
+    else:
+        if n >= 48: runs.append(n)
+        n = 0
+print(f"{len(runs)} gaps, {sum(runs)} samples, longest {max(runs, default=0)} in {len(a) / 48000:.0f} s")
+PY
+}
+
 if [ "$stress_secs" -gt 0 ]; then
-  parecord -d krisp_mic /dev/null &
+  raw="parecord --raw --format=float32le --rate=48000 --channels=1"
+  $raw -d krisp_mic "$XDG_RUNTIME_DIR/krisp.raw" &
   rec=$!
+  $raw -d fake_mic "$XDG_RUNTIME_DIR/mic.raw" &
+  rec_mic=$!
   sleep 2
   before=$("$bin" status --json | python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"]; print(s["underruns"], s["overruns"])')
   stress_pids=()
@@ -90,6 +110,8 @@ if [ "$stress_secs" -gt 0 ]; then
   after=$("$bin" status --json | python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"]; print(s["underruns"], s["overruns"], s["added_latency_ms"])')
   echo
   echo "under ${stress_secs} s of two busy-loop processes (both cores): underruns/overruns before: $before; after (and added latency ms): $after"
-  kill $rec
+  kill $rec $rec_mic; sleep 0.5
+  echo "recorded from Krisp Microphone meanwhile: $(gaps "$XDG_RUNTIME_DIR/krisp.raw")"
+  echo "recorded from the fake mic meanwhile:     $(gaps "$XDG_RUNTIME_DIR/mic.raw")"
 fi
 kill -INT $kpid; wait $kpid || true

@@ -36,7 +36,7 @@ pub struct RunArgs {
 /// `krisp run --device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceArg {
-    /// A pipe source on PulseAudio, a null sink on PipeWire.
+    /// The pipe source, or a null sink where the server cannot load one.
     Auto,
     /// `module-pipe-source`: each denoised block is written as it comes (lowest latency).
     Pipe,

@@ -108,7 +108,8 @@ enum Command {
         direct_feed: bool,
         /// How "Krisp Microphone" is made: `pipe` (a pipe source written as the audio comes:
         /// the least latency, no drift), `null-sink` (a null sink fed through a jitter
-        /// buffer), or `auto`: pipe on PulseAudio, null sink on PipeWire (default).
+        /// buffer), or `auto`: the pipe source, or the null sink where the server cannot load one
+        /// (default).
         #[arg(long, value_enum, default_value_t = live::DeviceArg::Auto)]
         device: live::DeviceArg,
         /// Control socket path (default: $XDG_RUNTIME_DIR/krisp/control.sock).

@@ -51,8 +51,8 @@ pub enum Output {
 /// How "Krisp Microphone" is made on Linux (krisp-vdev's [`MicKind`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum VirtualDevice {
-    /// A pipe source on PulseAudio, the null sink on PipeWire (measured: its 0.3 pipe tunnel
-    /// fills a late quantum with silence; docs/performance.md).
+    /// The pipe source, or the null sink where the server cannot load one (e.g. a server
+    /// that does not share this machine's file system).
     #[default]
     Auto,
     /// `module-pipe-source`: the engine writes each denoised chunk into its FIFO (`pipe.rs`).
@@ -619,18 +619,29 @@ impl Supervisor {
         watch.update().map_err(EngineError::Server)?;
         if !self.mic_ready {
             let server = |e: krisp_vdev::pulse::PulseError| EngineError::Server(e.to_string());
-            // Chosen each time: the server that comes back after a restart may be another.
-            let pipe = match self.cfg.device {
-                VirtualDevice::Pipe => true,
-                VirtualDevice::NullSink => false,
-                VirtualDevice::Auto => !krisp_vdev::pulse::server_is_pipewire().map_err(server)?,
-            };
-            self.cfg.mic.kind = if pipe {
-                MicKind::Pipe(krisp_vdev::pulse::default_fifo(&self.cfg.mic.source))
-            } else {
-                MicKind::NullSink
-            };
-            self.cfg.mic.create().map_err(server)?;
+            let pipe = MicKind::Pipe(krisp_vdev::pulse::default_fifo(&self.cfg.mic.source));
+            match self.cfg.device {
+                VirtualDevice::Pipe => {
+                    self.cfg.mic.kind = pipe;
+                    self.cfg.mic.create().map_err(server)?;
+                }
+                VirtualDevice::NullSink => {
+                    self.cfg.mic.kind = MicKind::NullSink;
+                    self.cfg.mic.create().map_err(server)?;
+                }
+                // Chosen each time: the server that comes back after a restart may be another.
+                VirtualDevice::Auto => {
+                    self.cfg.mic.kind = pipe;
+                    if let Err(e) = self.cfg.mic.create() {
+                        if !matches!(e, krisp_vdev::pulse::PulseError::LoadFailed { .. }) {
+                            return Err(server(e));
+                        }
+                        tracing::warn!(error = %e, "no pipe source here; using a null sink");
+                        self.cfg.mic.kind = MicKind::NullSink;
+                        self.cfg.mic.create().map_err(server)?;
+                    }
+                }
+            }
             self.mic_ready = true;
             // The new source is in the snapshot before it is looked for.
             watch.refresh().map_err(EngineError::Server)?;

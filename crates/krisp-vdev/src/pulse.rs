@@ -2,10 +2,9 @@
 //! - a pipe source (`module-pipe-source`): the app writes each denoised block into a FIFO and
 //!   the server posts it to the recorders as it arrives. The source has no clock of its own,
 //!   so the microphone's clock is the only one on the path: nothing between the two can fill
-//!   up or run dry, and the added latency is what the app's processing takes (the default on
-//!   PulseAudio);
-//! - a null sink the app plays into, remapped into a source with a human name (the default on
-//!   PipeWire, whose 0.3 pipe tunnel fills its own quantum with silence when a block is late).
+//!   up or run dry, and the added latency is what the app's processing takes (the default);
+//! - a null sink the app plays into, remapped into a source with a human name (the fallback
+//!   where a pipe source cannot be loaded).
 //!
 //! Both work on PulseAudio and on PipeWire through pipewire-pulse, which implements the same
 //! modules.
@@ -90,13 +89,6 @@ pub fn default_fifo(source: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     base.join("krisp").join(format!("{source}.fifo"))
-}
-
-/// Whether the server behind `pactl` is PipeWire's pulse server (its `Server Name` says so).
-pub fn server_is_pipewire() -> Result<bool, PulseError> {
-    Ok(pactl(&["info"])?
-        .lines()
-        .any(|l| l.starts_with("Server Name:") && l.contains("PipeWire")))
 }
 
 /// One line of `pactl list short modules`.
