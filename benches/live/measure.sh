@@ -91,7 +91,7 @@ for x in a:
     else:
         if n >= 48: runs.append(n)
         n = 0
-print(f"{len(runs)} gaps, {sum(runs)} samples, longest {max(runs, default=0)} in {len(a) / 48000:.0f} s")
+print(f"{len(runs)} gaps, {sum(runs)} samples, longest {max(runs, default=0)} in {len(a) / 48000:.3f} s (a shorter recording than the mic's lost audio without a gap)")
 PY
 }
 

@@ -619,8 +619,9 @@ fn audio_comes_back_after_the_devices_are_suspended_and_resumed() {
 /// Clock drift over a long run (a measured run, not part of CI: 10 minutes by default):
 /// the microphone is a pipe source fed by this test at 48 kHz × (1 + `KRISP_DRIFT_PPM`/10⁶)
 /// of the wall clock (default +200 ppm: a USB microphone's crystal against the audio
-/// server's), "Krisp Microphone" plays at the server's clock. Without a bound the engine's
-/// buffer would gain or lose 120 ms in 10 minutes. The test knows when each input sample was
+/// server's). A null-sink "Krisp Microphone" plays at the server's clock: without a bound the
+/// engine's buffer would gain or lose 120 ms in 10 minutes. A pipe source (the default) runs
+/// at the microphone's clock, so nothing can accumulate. The test knows when each input sample was
 /// written and when each output sample arrived, so it measures the added latency from the
 /// outside, second by second, and asserts that at the end it is within 5 ms of the start.
 /// `cargo test -p krisp-app --test e2e_linux drift -- --ignored --nocapture`
@@ -716,7 +717,8 @@ fn added_latency_stays_put_while_the_microphone_clock_drifts() {
     .unwrap();
     let n = (secs * 48_000.0) as usize;
     let mut out = Vec::with_capacity(n);
-    let mut origin = f64::MAX;
+    // When each read returned, and how much had arrived by then.
+    let mut reads: Vec<(usize, f64)> = Vec::with_capacity(n / 240 + 1);
     let mut buf = vec![0u8; 240 * 4];
     while out.len() < n {
         rec.read(&mut buf).unwrap();
@@ -724,7 +726,7 @@ fn added_latency_stays_put_while_the_microphone_clock_drifts() {
             buf.chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
         );
-        origin = origin.min(t0.elapsed().as_secs_f64() - out.len() as f64 / 48_000.0);
+        reads.push((out.len(), t0.elapsed().as_secs_f64()));
     }
     let stats = krisp.status_json(&server);
     stop.store(true, Ordering::Relaxed);
@@ -735,14 +737,25 @@ fn added_latency_stays_put_while_the_microphone_clock_drifts() {
         stats["stats"]
     );
 
-    // Output sample j arrived at origin + j/48000; the input sample it carries was written at
+    // The input sample an output sample carries was written at
     // k / mic_rate. Per 1 s window every 10 s: find k near the arrival (0..200 ms earlier).
     let input_at = |k: usize| noisy[k % noisy.len()];
     let mut series = vec![];
+    // When output sample j arrived: the earliest of the next 5 s of reads, each taken back by
+    // what it had received after j. (Local, not one origin for the whole run: a pipe-source
+    // Krisp Microphone runs at the microphone's clock, not at 48 kHz of the wall clock.)
+    let arrived = |j: usize| -> f64 {
+        reads
+            .iter()
+            .skip_while(|r| r.0 < j)
+            .take_while(|r| r.0 <= j + 5 * 48_000)
+            .map(|&(len, t)| t - (len - j) as f64 / 48_000.0)
+            .fold(f64::MAX, f64::min)
+    };
     let mut w = 5usize;
     while (w + 1) * 48_000 <= out.len() {
         let j = w * 48_000;
-        let arrival = origin + j as f64 / 48_000.0;
+        let arrival = arrived(j);
         let k0 = ((arrival - 0.2) * mic_rate).max(0.0) as usize;
         let input: Vec<f32> = (k0..k0 + 48_000 + 9_600).map(input_at).collect();
         let (lag, corr) = find_lag_in(&out[j..j + 48_000], &input, 0, 9_600);

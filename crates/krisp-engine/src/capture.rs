@@ -357,14 +357,24 @@ fn run(
                     if stop.load(Ordering::Relaxed) {
                         break 'io;
                     }
-                    deliver(bytes, &mut buf, &mut side);
-                    if let Sink::Pipe(p) = &mut side.sink
-                        && p.flush(stats.listeners.load(Ordering::Relaxed), &stats)
-                            .is_err()
-                    {
-                        // The server's end of the FIFO is gone (module unloaded).
-                        failed.store(true, Ordering::Relaxed);
-                        break 'io;
+                    if let Sink::Pipe(_) = &side.sink {
+                        // Written piece by piece: after a stall the server hands over a long
+                        // block at once, more than the queue to the FIFO holds.
+                        for piece in bytes.chunks(buf.len() * 4) {
+                            deliver(piece, &mut buf, &mut side);
+                            let Sink::Pipe(p) = &mut side.sink else {
+                                unreachable!("checked above")
+                            };
+                            if p.flush(stats.listeners.load(Ordering::Relaxed), &stats)
+                                .is_err()
+                            {
+                                // The server's end of the FIFO is gone.
+                                failed.store(true, Ordering::Relaxed);
+                                break 'io;
+                            }
+                        }
+                    } else {
+                        deliver(bytes, &mut buf, &mut side);
                     }
                     if let Some(feed) = cap.feed.as_mut()
                         && side.direct.on

@@ -13,7 +13,6 @@
 //! - **Nobody records.** The server reads the FIFO only while the source is RUNNING; written
 //!   meanwhile, the FIFO would fill and the next recorder would start with stale audio. So the
 //!   engine writes only while someone records, and empties the FIFO itself when they leave.
-//!   (It is also kept small, [`PIPE_BYTES`], so that whatever slips through is short.)
 //! - **No microphone.** The control thread writes silence at the device's rate, so recorders
 //!   never stall ([`PipeOut::silence`]).
 //! - **A stalled machine.** Chunks that find the FIFO full are dropped and counted as
@@ -33,11 +32,14 @@ use std::time::Instant;
 use crate::rt::CHUNK;
 use crate::stats::StatsInner;
 
-/// Capacity asked for the FIFO (bytes; 85 ms of 48 kHz mono float): room for a burst of eight
-/// chunks after a stall, little stale audio if a recorder leaves before the engine notices.
-pub(crate) const PIPE_BYTES: i32 = 16_384;
-/// Chunks the queue between the realtime code and the write holds: a capture block of up to
-/// `capture::MAX_PERIOD` frames yields up to 10 chunks.
+/// Capacity asked for the FIFO (bytes; 341 ms of 48 kHz mono float): room for what piles up
+/// while the server's reading thread is starved. (16 KiB, 85 ms, was measured first: under
+/// 600 s of two busy loops on both cores, 280 chunks found it full and were lost.) Stale audio
+/// is not a risk of the size: nothing is written while nobody records, and what is left when
+/// the last recorder goes is emptied.
+pub(crate) const PIPE_BYTES: i32 = 65_536;
+/// Chunks the queue between the realtime code and the write holds: the capture thread
+/// flushes after every piece of at most `capture::MAX_PERIOD` frames (up to 10 chunks).
 const QUEUE_CHUNKS: usize = 12;
 /// Silence the control thread catches up with at most after it was late (100 ms); beyond
 /// that, the time is skipped rather than written in one burst.
