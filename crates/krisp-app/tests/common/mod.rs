@@ -74,25 +74,33 @@ fn record_pair_at(addr: &str, a: &str, b: &str, secs: f32) -> (Vec<f32>, Vec<f32
         )
         .unwrap_or_else(|e| panic!("cannot record from {dev}: {e}"))
     };
-    let sa = open(a);
-    let sb = open(b);
     let t0 = Instant::now();
     let n = (secs * 48_000.0) as usize;
-    let mut ra = Vec::with_capacity(n);
-    let mut rb = Vec::with_capacity(n);
-    let mut origin = [f64::MAX; 2];
-    let mut buf = vec![0u8; 240 * 4];
-    while ra.len() < n {
-        for (k, (s, out)) in [(&sa, &mut ra), (&sb, &mut rb)].into_iter().enumerate() {
+    // Each stream is read on its own thread: read in turn, one stream's blocking read would
+    // delay the other's and bias its arrival times (a pipe-source Krisp Microphone delivers in
+    // 10 ms chunks, the fake mic in 5 ms fragments: measured, a 5 ms swing in the offset).
+    // The origin is the earliest "read time minus audio received": when sample 0 arrived.
+    let read_all = |dev: &str| {
+        let s = open(dev);
+        let mut out = Vec::with_capacity(n);
+        let mut origin = f64::MAX;
+        let mut buf = vec![0u8; 240 * 4];
+        while out.len() < n {
             s.read(&mut buf).unwrap();
             out.extend(
                 buf.chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
             );
-            let t = t0.elapsed().as_secs_f64() - out.len() as f64 / 48_000.0;
-            origin[k] = origin[k].min(t);
+            origin = origin.min(t0.elapsed().as_secs_f64() - out.len() as f64 / 48_000.0);
         }
-    }
+        (out, origin)
+    };
+    let ((ra, oa), (rb, ob)) = std::thread::scope(|sc| {
+        let hb = sc.spawn(|| read_all(b));
+        let a = read_all(a);
+        (a, hb.join().unwrap())
+    });
+    let origin = [oa, ob];
     let offset = ((origin[1] - origin[0]) * 48_000.0).round() as i64;
     (ra, rb, offset)
 }
