@@ -205,6 +205,14 @@ mod tests {
             .unwrap()
     }
 
+    /// A FIFO named `name`, the server's end of it, our writer and its counters.
+    fn setup(name: &str) -> (std::path::PathBuf, File, PipeOut, StatsInner) {
+        let path = fifo(name);
+        let server = reader(&path);
+        let p = PipeOut::open(&path, 48_000).unwrap();
+        (path, server, p, StatsInner::default())
+    }
+
     fn read_all(f: &File) -> Vec<f32> {
         let mut out = vec![];
         let mut buf = [0u8; 4096];
@@ -223,10 +231,7 @@ mod tests {
 
     #[test]
     fn chunks_reach_the_reader_in_order_and_a_full_fifo_drops_instead_of_blocking() {
-        let path = fifo("order");
-        let server = reader(&path);
-        let mut p = PipeOut::open(&path, 48_000).unwrap();
-        let stats = StatsInner::default();
+        let (path, server, mut p, stats) = setup("order");
         let chunk = |k: usize| -> Vec<f32> { (0..CHUNK).map(|i| (k * CHUNK + i) as f32).collect() };
         for k in 0..3 {
             assert!(p.push(&chunk(k)));
@@ -256,10 +261,7 @@ mod tests {
 
     #[test]
     fn nothing_is_written_while_nobody_records_and_leftovers_are_emptied_when_they_leave() {
-        let path = fifo("idle");
-        let server = reader(&path);
-        let mut p = PipeOut::open(&path, 48_000).unwrap();
-        let stats = StatsInner::default();
+        let (path, server, mut p, stats) = setup("idle");
         let ones = [1.0f32; CHUNK];
         assert!(p.push(&ones));
         p.flush(true, &stats).unwrap(); // written while someone recorded, not yet read
@@ -322,10 +324,7 @@ mod tests {
 
     #[test]
     fn silence_keeps_pace_with_the_clock_without_flooding_after_a_stall() {
-        let path = fifo("silence");
-        let server = reader(&path);
-        let mut p = PipeOut::open(&path, 48_000).unwrap();
-        let stats = StatsInner::default();
+        let (path, server, mut p, stats) = setup("silence");
         p.silence(true, &stats).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(60));
         p.silence(true, &stats).unwrap();

@@ -130,6 +130,16 @@ pub fn parse_modules(text: &str) -> Vec<ModuleLine> {
 }
 
 impl VirtualMic {
+    /// Channel count and map as module arguments.
+    fn layout(&self) -> (String, &'static str) {
+        let map = if self.channels == 1 {
+            "mono"
+        } else {
+            "front-left,front-right"
+        };
+        (self.channels.to_string(), map)
+    }
+
     fn marker(&self) -> String {
         format!("krisp.owner={}", self.source)
     }
@@ -178,12 +188,7 @@ impl VirtualMic {
             return self.create_pipe(fifo);
         }
         let marker = self.marker();
-        let ch = self.channels.to_string();
-        let map = if self.channels == 1 {
-            "mono"
-        } else {
-            "front-left,front-right"
-        };
+        let (ch, map) = self.layout();
         let sink_args = format!(
             "sink_name={} rate={MIC_RATE} channels={ch} channel_map={map} \
              sink_properties=\"device.description='{} (input)' {marker} device.class=abstract\"",
@@ -230,12 +235,7 @@ impl VirtualMic {
             .to_str()
             .filter(|p| !p.contains(char::is_whitespace) && !p.contains(['"', '\'']))
             .ok_or_else(|| failed(format!("unusable FIFO path {}", fifo.display())))?;
-        let ch = self.channels.to_string();
-        let map = if self.channels == 1 {
-            "mono"
-        } else {
-            "front-left,front-right"
-        };
+        let (ch, map) = self.layout();
         let args = format!(
             "source_name={} file={path} format=float32le rate={MIC_RATE} channels={ch} \
              channel_map={map} source_properties=\"device.description='{}' {} \
