@@ -96,11 +96,12 @@ fn listen_and_check(
          start offset {start_offset}); reported by the engine: {} ms, jitter buffer {} ms",
         stats_after["stats"]["added_latency_ms"], stats_after["stats"]["jitter_buffer_ms"]
     );
-    // The issue's bound is 40 ms (goal 20). With the pipe source (PulseAudio's default) the
-    // path holds no buffer of ours: measured 22-23 ms, bound 40. With the null sink (PipeWire's
-    // default) the jitter buffer grows (up to 40 ms) on a machine whose hypervisor steals CPU,
-    // to stop the dropouts: measured 41-57 ms, so there the test holds a 120 ms ceiling that
-    // still catches buffers that grow without bound; docs/performance.md has the figures.
+    // The issue's bound is 40 ms (goal 20). With the pipe source (the default) the path
+    // holds no buffer of ours: measured 12.7 ms on PulseAudio, 31.3 on PipeWire, bound 40.
+    // With the null sink (`--device null-sink`) the jitter buffer grows (up to 40 ms) on a
+    // machine whose hypervisor steals CPU, to stop the dropouts: measured 41-57 ms, so there
+    // the test holds a 120 ms ceiling that still catches buffers that grow without bound;
+    // docs/performance.md has the figures.
     // A model with more delay than RNNoise's 10 ms (DeepFilterNet3 live: 50 ms) moves the
     // bound by the difference.
     // The pipe source has no buffer of ours that could grow: there the issue's 40 ms holds.
