@@ -22,7 +22,7 @@ use libpulse_binding::stream::{FlagSet, Latency, PeekResult, SeekMode, Stream};
 
 use crate::direct::{DirectOut, LatencyHold};
 use crate::pa::{ANSWER_TIMEOUT, Conn};
-use crate::rt::{CHUNK, CaptureSide, Sink};
+use crate::rt::{CHUNK, CaptureSide};
 use crate::stats::StatsInner;
 
 /// Frames per read by default: one model frame (10 ms at 48 kHz). The denoiser works on whole
@@ -357,24 +357,19 @@ fn run(
                     if stop.load(Ordering::Relaxed) {
                         break 'io;
                     }
-                    if let Sink::Pipe(_) = &side.sink {
-                        // Written piece by piece: after a stall the server hands over a long
-                        // block at once, more than the queue to the FIFO holds.
-                        for piece in bytes.chunks(buf.len() * 4) {
-                            deliver(piece, &mut buf, &mut side);
-                            let Sink::Pipe(p) = &mut side.sink else {
-                                unreachable!("checked above")
-                            };
-                            if p.flush(stats.listeners.load(Ordering::Relaxed), &stats)
+                    // Piece by piece, the pipe source's FIFO written after each: after a stall
+                    // the server hands over a long block at once, more than the queue to the
+                    // FIFO holds.
+                    for piece in bytes.chunks(buf.len() * 4) {
+                        deliver(piece, &mut buf, &mut side);
+                        if let Some(p) = side.pipe()
+                            && p.flush(stats.listeners.load(Ordering::Relaxed), &stats)
                                 .is_err()
-                            {
-                                // The server's end of the FIFO is gone.
-                                failed.store(true, Ordering::Relaxed);
-                                break 'io;
-                            }
+                        {
+                            // The server's end of the FIFO is gone.
+                            failed.store(true, Ordering::Relaxed);
+                            break 'io;
                         }
-                    } else {
-                        deliver(bytes, &mut buf, &mut side);
                     }
                     if let Some(feed) = cap.feed.as_mut()
                         && side.direct.on

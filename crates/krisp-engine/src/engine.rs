@@ -619,28 +619,22 @@ impl Supervisor {
         watch.update().map_err(EngineError::Server)?;
         if !self.mic_ready {
             let server = |e: krisp_vdev::pulse::PulseError| EngineError::Server(e.to_string());
-            let pipe = MicKind::Pipe(krisp_vdev::pulse::default_fifo(&self.cfg.mic.source));
-            match self.cfg.device {
-                VirtualDevice::Pipe => {
-                    self.cfg.mic.kind = pipe;
-                    self.cfg.mic.create().map_err(server)?;
+            // Chosen each time: the server that comes back after a restart may be another.
+            self.cfg.mic.kind = match self.cfg.device {
+                VirtualDevice::NullSink => MicKind::NullSink,
+                VirtualDevice::Pipe | VirtualDevice::Auto => {
+                    MicKind::Pipe(krisp_vdev::pulse::default_fifo(&self.cfg.mic.source))
                 }
-                VirtualDevice::NullSink => {
-                    self.cfg.mic.kind = MicKind::NullSink;
-                    self.cfg.mic.create().map_err(server)?;
+            };
+            if let Err(e) = self.cfg.mic.create() {
+                let fall_back = self.cfg.device == VirtualDevice::Auto
+                    && matches!(e, krisp_vdev::pulse::PulseError::LoadFailed { .. });
+                if !fall_back {
+                    return Err(server(e));
                 }
-                // Chosen each time: the server that comes back after a restart may be another.
-                VirtualDevice::Auto => {
-                    self.cfg.mic.kind = pipe;
-                    if let Err(e) = self.cfg.mic.create() {
-                        if !matches!(e, krisp_vdev::pulse::PulseError::LoadFailed { .. }) {
-                            return Err(server(e));
-                        }
-                        tracing::warn!(error = %e, "no pipe source here; using a null sink");
-                        self.cfg.mic.kind = MicKind::NullSink;
-                        self.cfg.mic.create().map_err(server)?;
-                    }
-                }
+                tracing::warn!(error = %e, "no pipe source here; using a null sink");
+                self.cfg.mic.kind = MicKind::NullSink;
+                self.cfg.mic.create().map_err(server)?;
             }
             self.mic_ready = true;
             // The new source is in the snapshot before it is looked for.
@@ -657,8 +651,7 @@ impl Supervisor {
         }
         // No microphone: the pipe source gets silence from here, so recorders never stall.
         if self.capture.is_none()
-            && let Some(side) = self.idle_side.as_mut()
-            && let Sink::Pipe(p) = &mut side.sink
+            && let Some(p) = self.idle_side.as_mut().and_then(CaptureSide::pipe)
         {
             p.silence(listening, &self.stats)
                 .map_err(|e| EngineError::Server(format!("Krisp Microphone's FIFO: {e}")))?;
@@ -845,7 +838,7 @@ impl Supervisor {
         };
         let frames = self.cfg.capture_frames as usize;
         let mut side = self.idle_side.take().expect("invariant: checked by caller");
-        if let Sink::Pipe(p) = &mut side.sink {
+        if let Some(p) = side.pipe() {
             p.end_silence();
         }
         let stop = Arc::new(AtomicBool::new(false));

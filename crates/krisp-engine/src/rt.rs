@@ -67,6 +67,14 @@ impl CaptureSide {
         }
     }
 
+    /// The pipe source's writer, when that is the output.
+    pub fn pipe(&mut self) -> Option<&mut PipeOut> {
+        match &mut self.sink {
+            Sink::Pipe(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// No microphone at the moment: tell a driver reading the shared ring that the app is
     /// alive (it plays silence either way, but does not count the app as gone).
     pub fn idle_heartbeat(&mut self) {
