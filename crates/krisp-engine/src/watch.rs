@@ -103,6 +103,13 @@ impl Watch {
         Ok(())
     }
 
+    /// Blocks until the server sends something (an event) or `timeout` passes, and
+    /// dispatches it; [`Watch::update`] then acts on it.
+    pub fn wait(&mut self, timeout: Duration) -> Result<(), String> {
+        self.conn.wait(timeout.as_micros() as u64)?;
+        self.check()
+    }
+
     /// Re-reads the source list and the default source now, waiting for the answer.
     pub fn refresh(&mut self) -> Result<(), String> {
         {
