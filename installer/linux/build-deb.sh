@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the Krisp .deb from a release build:
+# Builds the Krisp .deb from a release build (KRISP_DEB_PROFILE: another cargo profile):
 #
 #   bash installer/linux/build-deb.sh            # -> target/debian/krisp_<version>_<arch>.deb
 #   KRISP_DEB_VERSION=1.2.3 bash installer/linux/build-deb.sh
@@ -16,9 +16,13 @@ out=target/debian
 stage=$out/stage-$version
 [ -n "${KRISP_RELEASE_KEYS:-}" ] || echo "build-deb: warning: KRISP_RELEASE_KEYS is not set: this build trusts no license server" >&2
 
-echo "build-deb: cargo build --release -p krisp-app" >&2
-cargo build --release -p krisp-app
-bin=target/release/krisp
+# KRISP_DEB_PROFILE=dev packages a debug build: CI tests the package's install, enrolment,
+# upgrade and removal with the build its tests already made, instead of a 10-minute release
+# build. Releases use the default.
+profile=${KRISP_DEB_PROFILE:-release}
+echo "build-deb: cargo build --profile $profile -p krisp-app" >&2
+cargo build --profile "$profile" -p krisp-app
+case $profile in dev|test) bin=target/debug/krisp ;; *) bin=target/$profile/krisp ;; esac
 
 rm -rf "$stage"
 install -Dm755 "$bin" "$stage/usr/bin/krisp"

@@ -31,7 +31,7 @@ cleanup() {
 trap cleanup EXIT
 
 # 1. The license server on loopback.
-# (.ci/run passes the server it already built in KRISP_SERVER_BIN after freeing target/debug.)
+# (KRISP_SERVER_BIN: a server binary built elsewhere.)
 server_bin=${KRISP_SERVER_BIN:-}
 if [ -z "$server_bin" ]; then
     cargo build -q -p krisp-server
