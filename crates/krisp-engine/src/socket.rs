@@ -54,6 +54,11 @@ pub enum Request {
         /// Model name from the models manifest (`rnnoise`, `dfn3`).
         name: String,
     },
+    /// Ask the license server again now, not when due (after a sign-in or sign-out).
+    CheckLicense,
+    /// Quit the whole app (the window's Quit button): the engine stops and "Krisp
+    /// Microphone" goes.
+    Quit,
 }
 
 /// The engine's answer.
@@ -82,6 +87,17 @@ pub struct Response {
     /// Extra lines from the embedding app (e.g. license state).
     #[serde(default)]
     pub extra: Vec<String>,
+    /// The audio path's health (what the status sentence is about), for banners and icons.
+    #[serde(default = "starting")]
+    pub health: crate::Health,
+    /// The embedding app's own state as JSON (the window app: license, virtual microphone,
+    /// tray); the engine does not look into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<serde_json::Value>,
+}
+
+fn starting() -> crate::Health {
+    crate::Health::Starting
 }
 
 /// Serves requests until dropped.
@@ -264,6 +280,8 @@ mod tests {
                 ring: None,
             },
             extra: vec![],
+            health: crate::Health::Running,
+            app: matches!(req, Request::Status).then(|| serde_json::json!({ "shown": 1 })),
         }
     }
 
@@ -279,6 +297,10 @@ mod tests {
         );
         assert!(!send(&path, &Request::Off).unwrap().enabled);
         assert!(send(&path, &Request::On).unwrap().enabled);
+        let st = send(&path, &Request::Status).unwrap();
+        assert_eq!(st.health, crate::Health::Running);
+        assert_eq!(st.app, Some(serde_json::json!({ "shown": 1 })));
+        assert_eq!(send(&path, &Request::Quit).unwrap().app, None);
         // A second instance is refused while the first runs.
         let err = Server::start(&path, answer).err().unwrap();
         assert!(err.to_string().contains("already running"), "{err}");
@@ -290,6 +312,16 @@ mod tests {
         assert!(line.contains("bad request"), "{line}");
         drop(server);
         assert!(!path.exists(), "socket removed on drop");
+        // An older engine's answer (no health, no app part) still reads.
+        let old = r#"{"ok":true,"enabled":true,"denoising":true,"strength_db":100.0,
+            "status":"running","input":null,"stats":STATS}"#
+            .replace("STATS", &serde_json::to_string(&answer(Request::On).stats).unwrap());
+        let r: Response = serde_json::from_str(&old).unwrap();
+        assert_eq!((r.health, r.app), (crate::Health::Starting, None));
+        assert_eq!(
+            serde_json::to_string(&Request::CheckLicense).unwrap(),
+            r#"{"cmd":"check_license"}"#
+        );
         let err = send(&path, &Request::Status).unwrap_err();
         assert!(err.contains("no running krisp"), "{err}");
     }
