@@ -141,7 +141,6 @@ impl AppState {
 pub struct Session {
     pub engine: Engine,
     pub control: Control,
-    pub stats: Stats,
     pub status: StatusHandle,
     pub mic: VirtualMic,
     /// The shared ring's name when that is the output (`--output shared-ring`).
@@ -281,7 +280,6 @@ impl Session {
         Ok(Session {
             engine,
             control,
-            stats,
             status,
             mic,
             ring,
