@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use krisp_engine::socket::{self, Request, Response};
-use krisp_engine::{
-    Control, Engine, EngineConfig, Output, RingConfig, Stats, StatusHandle, VirtualMic,
-};
+use krisp_engine::{Control, Engine, EngineConfig, Output, RingConfig, StatusHandle, VirtualMic};
 
 use crate::license::Summary;
 use crate::settings::Settings;

@@ -315,7 +315,10 @@ mod tests {
         // An older engine's answer (no health, no app part) still reads.
         let old = r#"{"ok":true,"enabled":true,"denoising":true,"strength_db":100.0,
             "status":"running","input":null,"stats":STATS}"#
-            .replace("STATS", &serde_json::to_string(&answer(Request::On).stats).unwrap());
+            .replace(
+                "STATS",
+                &serde_json::to_string(&answer(Request::On).stats).unwrap(),
+            );
         let r: Response = serde_json::from_str(&old).unwrap();
         assert_eq!((r.health, r.app), (crate::Health::Starting, None));
         assert_eq!(

@@ -192,11 +192,7 @@ impl Remote {
 
     /// Sends `req` in the background and shows `change` (what it will do) until answered.
     fn send(&self, req: Request, change: impl FnOnce(&mut Response)) {
-        let mut l = self
-            .shared
-            .latest
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut l = self.shared.latest.lock().unwrap_or_else(|p| p.into_inner());
         change(&mut l.0);
         self.shared.pending.fetch_add(1, Ordering::Relaxed);
         if self.requests.send(req).is_err() {
@@ -472,7 +468,9 @@ impl View {
                 format!(
                     "Microphone unavailable — {status}. Plug it back in or pick another one below."
                 ),
-                self.resp.input.is_some()
+                self.resp
+                    .input
+                    .is_some()
                     .then_some("Use the system default"),
             )),
             Health::ServerDown => shown.push((
@@ -774,7 +772,10 @@ impl View {
                 }
                 ui.add_space(8.0);
                 if ui
-                    .button(format!("Quit Krisp (removes \"{}\")", self.app.mic.description))
+                    .button(format!(
+                        "Quit Krisp (removes \"{}\")",
+                        self.app.mic.description
+                    ))
                     .clicked()
                 {
                     self.send(Request::Quit, |_| {});
@@ -879,8 +880,7 @@ impl eframe::App for View {
     fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
         self.tick();
         let ui = self.app.ui.clone().unwrap_or_default();
-        let quitting =
-            ui.quitting || self.remote.gone() || self.closing.load(Ordering::Relaxed);
+        let quitting = ui.quitting || self.remote.gone() || self.closing.load(Ordering::Relaxed);
         if quitting {
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
         }
