@@ -798,6 +798,12 @@ fn a_second_launch_shows_the_window_of_the_first() {
         "no tray icon"
     );
 
+    let tray_only = rss_mb(krisp.child.id());
+    assert!(
+        window_children(krisp.child.id()).is_empty(),
+        "--minimized started a window process"
+    );
+
     // What a user's second click on the launcher does.
     let mut second = gui.launch(&server, &["run"]);
     let t = Instant::now();
@@ -866,10 +872,17 @@ fn a_second_launch_shows_the_window_of_the_first() {
     assert!(left.is_empty(), "the window's process is left: {left:?}");
     std::thread::sleep(Duration::from_millis(500));
     let rss = rss_mb(app);
-    eprintln!("app RSS after the window was opened and closed: {rss:.1} MB");
+    eprintln!(
+        "app RSS: {tray_only:.1} MB tray only, {rss:.1} MB after the window was opened and closed"
+    );
     assert!(
         rss <= 40.0,
         "the app holds {rss:.1} MB after its window closed (target ≤ 40 MB)"
+    );
+    assert!(
+        rss <= tray_only + 10.0,
+        "the window left {:.1} MB behind in the app ({tray_only:.1} → {rss:.1} MB)",
+        rss - tray_only
     );
     assert_eq!(
         server.source_count("krisp_mic"),
