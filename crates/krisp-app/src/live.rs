@@ -495,3 +495,68 @@ fn print_status(r: &Response) {
         println!("{line}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary() -> Summary {
+        Summary {
+            state: "active".into(),
+            allows_noise_removal: true,
+            message: "licensed".into(),
+            account: Some("ada@example.com".into()),
+            device_id: "0123".into(),
+            server: "https://l.example".into(),
+            secrets: "file".into(),
+            last_check: None,
+            expires: Some("renews by tomorrow".into()),
+        }
+    }
+
+    #[test]
+    fn the_window_reads_the_app_state_back_from_an_answer() {
+        let state = AppState {
+            license: summary(),
+            mic: MicNames {
+                source: "krisp_mic".into(),
+                sink: "krisp_mic_sink".into(),
+                description: "Krisp Microphone".into(),
+            },
+            ui: Some(UiState {
+                tray_error: Some("no StatusNotifier host".into()),
+                show_seq: 3,
+                quitting: false,
+            }),
+        };
+        let line = serde_json::json!({
+            "ok": true, "enabled": true, "denoising": true, "strength_db": 100.0,
+            "status": "running", "input": null, "health": "mic_gone",
+            "stats": {
+                "captured_frames": 0, "processed_frames": 0, "underruns": 0, "overruns": 0,
+                "drift_dropped": 0, "drift_inserted": 0, "direct": false, "pipe": true,
+                "late_model_frames": 0, "input_rms": 0.0, "output_rms": 0.0, "vad": 0.0,
+                "added_latency_ms": 0.0, "jitter_buffer_ms": 0.0, "device_buffer_ms": 0.0,
+                "device_underflows": 0, "cpu_load": 0.0, "input_running": false,
+                "output_running": false, "listeners": false, "restarts": 0,
+                "output": "virtual-mic", "ring": null
+            },
+            "app": state,
+        });
+        let r: Response = serde_json::from_value(line).unwrap();
+        assert_eq!(r.health, krisp_engine::Health::MicGone);
+        let back = AppState::of(&r).expect("the app part");
+        assert_eq!(back.ui, state.ui);
+        assert_eq!(back.mic, state.mic);
+        assert_eq!(back.license.account, state.license.account);
+        assert_eq!(back.mic.mic().source, "krisp_mic");
+        // A headless run's answer has no UI part; an answer without an app part has none.
+        let headless = AppState { ui: None, ..state };
+        let r = Response {
+            app: serde_json::to_value(&headless).ok(),
+            ..r
+        };
+        assert_eq!(AppState::of(&r).unwrap().ui, None);
+        assert!(AppState::of(&Response { app: None, ..r }).is_none());
+    }
+}

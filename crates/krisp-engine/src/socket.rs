@@ -214,29 +214,50 @@ fn serve_one(stream: UnixStream, handler: &impl Fn(Request) -> Response) -> std:
     Ok(())
 }
 
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// Nothing listens at the path: no engine runs (or it has just stopped).
+    NotRunning(String),
+    /// An engine listens but the exchange failed (a timeout, a garbled answer).
+    Failed(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::NotRunning(e) | SendError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
 /// Sends one request to the engine at `path`.
 pub fn send(path: &Path, req: &Request) -> Result<Response, String> {
+    exchange(path, req).map_err(|e| e.to_string())
+}
+
+/// [`send`], telling "no engine" from a failed exchange (a busy engine is not a gone one).
+pub fn exchange(path: &Path, req: &Request) -> Result<Response, SendError> {
     let stream = UnixStream::connect(path).map_err(|e| {
-        format!(
+        SendError::NotRunning(format!(
             "no running krisp engine ({}: {e}); start it with `krisp run`",
             path.display()
-        )
+        ))
     })?;
+    let failed = |e: String| SendError::Failed(e);
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(e.to_string()))?;
     let mut w = &stream;
-    writeln!(
-        w,
-        "{}",
-        serde_json::to_string(req).map_err(|e| e.to_string())?
-    )
-    .map_err(|e| e.to_string())?;
+    let line = serde_json::to_string(req).map_err(|e| failed(e.to_string()))?;
+    writeln!(w, "{line}").map_err(|e| failed(e.to_string()))?;
     let mut line = String::new();
     BufReader::new(&stream)
         .read_line(&mut line)
-        .map_err(|e| format!("the engine did not answer: {e}"))?;
-    serde_json::from_str(&line).map_err(|e| format!("garbled answer from the engine: {e}"))
+        .map_err(|e| failed(format!("the engine did not answer: {e}")))?;
+    serde_json::from_str(&line).map_err(|e| failed(format!("garbled answer from the engine: {e}")))
 }
 
 #[cfg(test)]
@@ -327,5 +348,9 @@ mod tests {
         );
         let err = send(&path, &Request::Status).unwrap_err();
         assert!(err.contains("no running krisp"), "{err}");
+        assert!(matches!(
+            exchange(&path, &Request::Status),
+            Err(SendError::NotRunning(_))
+        ));
     }
 }

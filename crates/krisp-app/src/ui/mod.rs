@@ -243,6 +243,8 @@ impl TrayApp {
 
     /// Starts the window's process, or brings the running one to the front.
     fn open_window(&mut self) {
+        // One that is closing by itself right now would not come forward: start a new one.
+        let _ = self.reap();
         if self.window.is_some() {
             if let Ok(mut s) = self.state.lock() {
                 s.show_seq += 1;

@@ -26,7 +26,7 @@ use crate::license::Summary;
 use crate::live::AppState;
 use crate::settings::Settings;
 
-/// Polls after this many failed status requests in a row mean the app has gone.
+/// This many status requests in a row finding no app mean it has gone.
 const GONE_AFTER: u32 = 3;
 
 /// `krisp window`: opens the window of the krisp answering at `socket` and returns when it
@@ -145,7 +145,7 @@ impl Remote {
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => return,
                     }
-                    match socket::send(&path, &Request::Status) {
+                    match socket::exchange(&path, &Request::Status) {
                         Ok(r) => {
                             failures = 0;
                             if let Some(app) = AppState::of(&r) {
@@ -155,6 +155,8 @@ impl Remote {
                                 }
                             }
                         }
+                        // Busy (a model loading on the socket's thread) is not gone.
+                        Err(socket::SendError::Failed(_)) => failures = 0,
                         Err(e) => {
                             failures += 1;
                             if failures >= GONE_AFTER {
