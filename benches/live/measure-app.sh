@@ -2,7 +2,8 @@
 # Whole-process figures of the desktop app (`krisp run`, window + tray) on a private headless
 # PulseAudio, a private X server (Xvfb, Mesa's software GL) and a private session bus for the
 # tray: CPU % of one core and RSS with the window closed (tray only) and open, a recorder
-# attached to "Krisp Microphone" throughout (the model runs).
+# attached to "Krisp Microphone" throughout (the model runs). The app is the tray process;
+# while open, the window is its child process (`krisp window`), measured in the same seconds.
 # Usage: benches/live/measure-app.sh [seconds=30]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -29,11 +30,21 @@ sleep 1
 ( while true; do paplay -d fake_mic_sink assets/samples/noisy-speech-5db.wav; done ) &
 
 cpu_ticks() { awk '{print $14+$15}' /proc/$1/stat; }
-measure() { # label pid seconds
-  local pid=$2 t=$3 a b hz rss; hz=$(getconf CLK_TCK)
-  a=$(cpu_ticks "$pid"); sleep "$t"; b=$(cpu_ticks "$pid")
-  rss=$(awk '/VmRSS/{print $2}' /proc/$pid/status)
-  printf '| %s | %.2f %% | %.1f MB |\n' "$1" "$(echo "($b-$a)*100/$hz/$t" | bc -l)" "$(echo "$rss/1024" | bc -l)"
+rss_mb() { awk '/VmRSS/{printf "%.1f", $2/1024}' /proc/$1/status; }
+cpu_pct() { echo "($2-$1)*100/$(getconf CLK_TCK)/$3" | bc -l; }
+window_pid() { pgrep -P "$1" -x krisp | head -1 || true; }
+measure() { # label app-pid seconds: the app, and its window's process if one runs
+  local pid=$2 t=$3 a b wpid wa wb
+  wpid=$(window_pid "$pid")
+  a=$(cpu_ticks "$pid"); [ -n "$wpid" ] && wa=$(cpu_ticks "$wpid")
+  sleep "$t"
+  b=$(cpu_ticks "$pid"); [ -n "$wpid" ] && wb=$(cpu_ticks "$wpid")
+  if [ -n "$wpid" ]; then
+    printf '| %s | %.2f %% | %.1f MB | %.2f %% | %.1f MB |\n' "$1" "$(cpu_pct "$a" "$b" "$t")" \
+      "$(rss_mb "$pid")" "$(cpu_pct "$wa" "$wb" "$t")" "$(rss_mb "$wpid")"
+  else
+    printf '| %s | %.2f %% | %.1f MB | – | – |\n' "$1" "$(cpu_pct "$a" "$b" "$t")" "$(rss_mb "$pid")"
+  fi
 }
 
 "$bin" run --minimized --input fake_mic 2>$XDG_RUNTIME_DIR/krisp.log &
@@ -41,8 +52,8 @@ kpid=$!
 sleep 4
 parecord -d krisp_mic /dev/null &
 sleep 2
-echo "| state (recorder attached, ${secs} s each) | CPU (one core) | RSS |"
-echo "|---|---|---|"
+echo "| state (recorder attached, ${secs} s each) | app CPU (one core) | app RSS | window process CPU | window process RSS |"
+echo "|---|---|---|---|---|"
 measure "tray only (started --minimized)" $kpid "$secs"
 "$bin" run >/dev/null 2>&1   # a second launch shows the first one's window
 sleep 2
@@ -52,5 +63,7 @@ python3 crates/krisp-app/tests/tools/close-window.py "$(xdotool search --onlyvis
 sleep 2
 measure "window closed again (tray)" $kpid "$secs"
 echo
-echo "peak RSS: $(awk '/VmHWM/{printf "%.1f MB", $2/1024}' /proc/$kpid/status)"
+echo "app's peak RSS: $(awk '/VmHWM/{printf "%.1f MB", $2/1024}' /proc/$kpid/status)"
+left=$(ps -o pid=,stat= --ppid "$kpid" || true)
+echo "app's child processes after the window closed: ${left:-none}"
 kill -INT $kpid; wait $kpid || true

@@ -298,7 +298,7 @@ pub fn show(check: bool, json: bool) -> Result<()> {
 }
 
 /// What `krisp status` and `krisp license` print about the license.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub state: String,
     pub allows_noise_removal: bool,

@@ -2,15 +2,14 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use krisp_engine::socket::{self, Request, Response};
-use krisp_engine::{
-    Control, Engine, EngineConfig, Output, RingConfig, Stats, StatusHandle, VirtualMic,
-};
+use krisp_engine::{Control, Engine, EngineConfig, Output, RingConfig, StatusHandle, VirtualMic};
 
+use crate::license::Summary;
 use crate::settings::Settings;
 
 pub struct RunArgs {
@@ -70,22 +69,83 @@ pub fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(socket::default_path)
 }
 
-/// What the control socket calls when a second launch asks to see the window.
-pub type ShowHook = Arc<OnceLock<Box<dyn Fn() + Send + Sync>>>;
+/// What the window app asks of its main thread from the control socket's thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UiRequest {
+    /// Open the window (a second launch), or bring it to the front.
+    Show,
+    /// Quit the app (the window's Quit button).
+    Quit,
+}
+
+/// The window app's part of the control socket, set once the tray process is up; unset in
+/// a headless run, which answers `Show` and `Quit` with an error.
+pub struct UiLink {
+    /// Called on the socket's thread; must not block.
+    pub request: Box<dyn Fn(UiRequest) + Send + Sync>,
+    /// What the window child reads back with every answer.
+    pub state: Arc<Mutex<UiState>>,
+}
+
+/// The tray process's state that the window child draws or acts on.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UiState {
+    /// Why there is no tray icon (then closing the window minimizes it instead).
+    pub tray_error: Option<String>,
+    /// Counts `Show` requests: the running window comes to the front when it changes.
+    pub show_seq: u64,
+    /// The app is quitting: the window closes.
+    pub quitting: bool,
+}
+
+/// Names of the virtual microphone, as the window needs them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MicNames {
+    pub source: String,
+    pub sink: String,
+    pub description: String,
+}
+
+impl MicNames {
+    /// The virtual microphone these names describe (enough to list and recognise it).
+    pub fn mic(&self) -> VirtualMic {
+        VirtualMic {
+            source: self.source.clone(),
+            sink: self.sink.clone(),
+            description: self.description.clone(),
+            ..VirtualMic::default()
+        }
+    }
+}
+
+/// The app's part of every control-socket answer ([`Response::app`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AppState {
+    pub license: Summary,
+    pub mic: MicNames,
+    /// `None`: a headless run (no tray, no window).
+    pub ui: Option<UiState>,
+}
+
+impl AppState {
+    /// The app part of `r`, if it has one this version understands.
+    pub fn of(r: &Response) -> Option<AppState> {
+        serde_json::from_value(r.app.clone()?).ok()
+    }
+}
 
 /// A running live microphone: the engine, the license checker gating it and the control
 /// socket. The headless loop and the window both drive one of these.
 pub struct Session {
     pub engine: Engine,
     pub control: Control,
-    pub stats: Stats,
     pub status: StatusHandle,
     pub mic: VirtualMic,
     /// The shared ring's name when that is the output (`--output shared-ring`).
     pub ring: Option<String>,
     pub checker: crate::license::Checker,
-    /// Set by the window once it exists; `krisp` launched again calls it.
-    pub show_hook: ShowHook,
+    /// Set by the window app (tray process); the socket's `Show` and `Quit` go to it.
+    pub ui: Arc<OnceLock<UiLink>>,
     server: socket::Server,
 }
 
@@ -154,15 +214,17 @@ impl Session {
         let checker = crate::license::Checker::start(move |ok| gate.set_licensed(ok))
             .context("checking the license")?;
         let license = checker.summary.clone();
+        let check_now = checker.check_now_flag();
         let stats = engine.stats();
         let status = engine.status_handle();
-        let show_hook: ShowHook = Arc::new(OnceLock::new());
-        let (control2, stats2, status2, hook2) = (
-            control.clone(),
-            stats.clone(),
-            status.clone(),
-            show_hook.clone(),
-        );
+        let ui: Arc<OnceLock<UiLink>> = Arc::new(OnceLock::new());
+        let (control2, stats2, status2, ui2) =
+            (control.clone(), stats.clone(), status.clone(), ui.clone());
+        let names = MicNames {
+            source: mic.source.clone(),
+            sink: mic.sink.clone(),
+            description: mic.description.clone(),
+        };
         let models_dir = args.models_dir.clone();
         let server = socket::Server::start(&path, move |req| {
             let mut error = None;
@@ -180,35 +242,47 @@ impl Session {
                         error = Some(format!("{e:#}"));
                     }
                 }
-                Request::Show => match hook2.get() {
-                    Some(show) => show(),
-                    None => error = Some("this krisp runs headless: it has no window".into()),
-                },
+                Request::Show => error = ask_ui(&ui2, UiRequest::Show),
+                Request::Quit => error = ask_ui(&ui2, UiRequest::Quit),
+                Request::CheckLicense => check_now.store(true, Ordering::Relaxed),
                 Request::Status => {}
             }
+            let summary = license
+                .lock()
+                .map(|l| l.clone())
+                .unwrap_or_else(|p| p.into_inner().clone());
+            let (health, status) = status2.get();
+            let app = AppState {
+                license: summary,
+                mic: names.clone(),
+                ui: ui2
+                    .get()
+                    .map(|l| l.state.lock().map(|s| s.clone()).unwrap_or_default()),
+            };
             Response {
                 ok: error.is_none(),
                 error,
                 enabled: control2.enabled(),
                 denoising: control2.denoising(),
                 strength_db: control2.strength_db(),
-                status: status2.get().1,
+                status,
                 input: control2.input(),
                 model: control2.model(),
                 stats: stats2.snapshot(),
-                extra: license.lock().map(|l| l.lines()).unwrap_or_default(),
+                extra: app.license.lines(),
+                health,
+                app: serde_json::to_value(&app).ok(),
             }
         })
         .with_context(|| format!("control socket {}", path.display()))?;
         Ok(Session {
             engine,
             control,
-            stats,
             status,
             mic,
             ring,
             checker,
-            show_hook,
+            ui,
             server,
         })
     }
@@ -224,6 +298,17 @@ impl Session {
         drop(self.server);
         drop(self.checker);
         self.engine.stop();
+    }
+}
+
+/// Hands `r` to the window app; the error a headless run answers with.
+fn ask_ui(ui: &OnceLock<UiLink>, r: UiRequest) -> Option<String> {
+    match ui.get() {
+        Some(link) => {
+            (link.request)(r);
+            None
+        }
+        None => Some("this krisp runs headless: it has no window (stop it with Ctrl-C)".into()),
     }
 }
 
@@ -408,5 +493,70 @@ fn print_status(r: &Response) {
     );
     for line in &r.extra {
         println!("{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary() -> Summary {
+        Summary {
+            state: "active".into(),
+            allows_noise_removal: true,
+            message: "licensed".into(),
+            account: Some("ada@example.com".into()),
+            device_id: "0123".into(),
+            server: "https://l.example".into(),
+            secrets: "file".into(),
+            last_check: None,
+            expires: Some("renews by tomorrow".into()),
+        }
+    }
+
+    #[test]
+    fn the_window_reads_the_app_state_back_from_an_answer() {
+        let state = AppState {
+            license: summary(),
+            mic: MicNames {
+                source: "krisp_mic".into(),
+                sink: "krisp_mic_sink".into(),
+                description: "Krisp Microphone".into(),
+            },
+            ui: Some(UiState {
+                tray_error: Some("no StatusNotifier host".into()),
+                show_seq: 3,
+                quitting: false,
+            }),
+        };
+        let line = serde_json::json!({
+            "ok": true, "enabled": true, "denoising": true, "strength_db": 100.0,
+            "status": "running", "input": null, "health": "mic_gone",
+            "stats": {
+                "captured_frames": 0, "processed_frames": 0, "underruns": 0, "overruns": 0,
+                "drift_dropped": 0, "drift_inserted": 0, "direct": false, "pipe": true,
+                "late_model_frames": 0, "input_rms": 0.0, "output_rms": 0.0, "vad": 0.0,
+                "added_latency_ms": 0.0, "jitter_buffer_ms": 0.0, "device_buffer_ms": 0.0,
+                "device_underflows": 0, "cpu_load": 0.0, "input_running": false,
+                "output_running": false, "listeners": false, "restarts": 0,
+                "output": "virtual-mic", "ring": null
+            },
+            "app": state,
+        });
+        let r: Response = serde_json::from_value(line).unwrap();
+        assert_eq!(r.health, krisp_engine::Health::MicGone);
+        let back = AppState::of(&r).expect("the app part");
+        assert_eq!(back.ui, state.ui);
+        assert_eq!(back.mic, state.mic);
+        assert_eq!(back.license.account, state.license.account);
+        assert_eq!(back.mic.mic().source, "krisp_mic");
+        // A headless run's answer has no UI part; an answer without an app part has none.
+        let headless = AppState { ui: None, ..state };
+        let r = Response {
+            app: serde_json::to_value(&headless).ok(),
+            ..r
+        };
+        assert_eq!(AppState::of(&r).unwrap().ui, None);
+        assert!(AppState::of(&Response { app: None, ..r }).is_none());
     }
 }

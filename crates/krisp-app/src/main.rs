@@ -164,6 +164,13 @@ enum Command {
     },
     /// Free this computer's seat and forget every local license secret.
     Logout,
+    /// Internal: the window of a running `krisp`, started by it (not for people to run).
+    #[command(hide = true)]
+    Window {
+        /// The running app's control socket.
+        #[arg(long)]
+        socket: PathBuf,
+    },
     /// Show the license state (offline; `--check` asks the server first).
     License {
         /// Renew with the server before showing.
@@ -266,6 +273,7 @@ fn main() -> ExitCode {
         Command::Model { name, socket } => live::remote(Request::Model { name }, socket, false),
         Command::Login { email } => license::login(email),
         Command::Logout => license::logout(),
+        Command::Window { socket } => ui::window::run(&socket),
         Command::License { check, json } => license::show(check, json),
     };
     match result {

@@ -413,6 +413,56 @@ impl Gui {
     }
 }
 
+/// The window's processes: children of `pid` named `krisp`, with their state letter (`Z`: a
+/// zombie nobody reaped).
+fn window_children(pid: u32) -> Vec<(u32, char)> {
+    let mut found = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces, so split after the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let mut rest = stat[close + 1..].split_whitespace();
+        let state = rest.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid: u32 = rest.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if ppid == pid && comm == "krisp" {
+            found.push((child, state));
+        }
+    }
+    found
+}
+
+/// Resident memory of `pid` in MB (VmRSS).
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kb / 1024.0
+}
+
+/// Waits until `pid` has no window process left, not even a zombie.
+fn wait_no_window_child(pid: u32, timeout: Duration) -> Vec<(u32, char)> {
+    let t = Instant::now();
+    loop {
+        let left = window_children(pid);
+        if left.is_empty() || t.elapsed() > timeout {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn noisy_player(server: &AudioServer, secs: f32) -> Player {
     let (_, noisy) = speech_and_noisy(secs, 5.0);
     let wav = server.runtime_dir().join("noisy.wav");
@@ -671,7 +721,12 @@ fn the_window_and_the_tray_drive_the_microphone() {
         "the choice was not remembered: {settings}"
     );
 
-    // Quit from the tray removes Krisp Microphone and exits cleanly.
+    // The window is a process of its own, one, started by the app.
+    let windows = window_children(krisp.child.id());
+    assert_eq!(windows.len(), 1, "one window process: {windows:?}");
+    let window_pid = windows[0].0;
+
+    // Quit from the tray removes Krisp Microphone and exits cleanly, and ends the window.
     // (The Microphone submenu was rebuilt meanwhile, so the menu's ids are read again.)
     let quit = gui
         .menu(&tray)
@@ -699,6 +754,14 @@ fn the_window_and_the_tray_drive_the_microphone() {
         server.source_count("krisp_mic"),
         0,
         "Krisp Microphone left behind"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{window_pid}")).exists(),
+        "the window's process {window_pid} outlived Quit"
+    );
+    assert!(
+        window_id(&gui.x, Duration::ZERO).is_none(),
+        "a window is left"
     );
 }
 
@@ -735,6 +798,12 @@ fn a_second_launch_shows_the_window_of_the_first() {
         "no tray icon"
     );
 
+    let tray_only = rss_mb(krisp.child.id());
+    assert!(
+        window_children(krisp.child.id()).is_empty(),
+        "--minimized started a window process"
+    );
+
     // What a user's second click on the launcher does.
     let mut second = gui.launch(&server, &["run"]);
     let t = Instant::now();
@@ -752,6 +821,26 @@ fn a_second_launch_shows_the_window_of_the_first() {
     let id =
         window_id(&gui.x, Duration::from_secs(10)).expect("the first krisp's window did not show");
     assert_eq!(server.source_count("krisp_mic"), 1, "two Krisp Microphones");
+    let app = krisp.child.id();
+    let windows = window_children(app);
+    assert_eq!(windows.len(), 1, "one window process: {windows:?}");
+
+    // Launched once more while the window is open: the same window comes forward, no second.
+    let mut third = gui.launch(&server, &["run"]);
+    let t = Instant::now();
+    while third.child.try_wait().unwrap().is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the third krisp kept running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        window_children(app),
+        windows,
+        "a launch with the window open started another window"
+    );
 
     // The window's close button (what a window manager sends) hides it to the tray: Krisp
     // and its microphone keep running.
@@ -777,6 +866,24 @@ fn a_second_launch_shows_the_window_of_the_first() {
         krisp.child.try_wait().unwrap().is_none(),
         "closing the window quit krisp"
     );
+    // The window's process ended and was reaped, and the app went back to its tray-only
+    // size: the GL driver's memory went with the window.
+    let left = wait_no_window_child(app, Duration::from_secs(5));
+    assert!(left.is_empty(), "the window's process is left: {left:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let rss = rss_mb(app);
+    eprintln!(
+        "app RSS: {tray_only:.1} MB tray only, {rss:.1} MB after the window was opened and closed"
+    );
+    assert!(
+        rss <= 40.0,
+        "the app holds {rss:.1} MB after its window closed (target ≤ 40 MB)"
+    );
+    assert!(
+        rss <= tray_only + 10.0,
+        "the window left {:.1} MB behind in the app ({tray_only:.1} → {rss:.1} MB)",
+        rss - tray_only
+    );
     assert_eq!(
         server.source_count("krisp_mic"),
         1,
@@ -784,6 +891,32 @@ fn a_second_launch_shows_the_window_of_the_first() {
     );
     assert!(krisp.interrupt(), "Ctrl-C did not end krisp cleanly");
     assert_eq!(server.source_count("krisp_mic"), 0);
+}
+
+#[test]
+fn the_window_process_without_a_running_app_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(common::krisp_bin())
+        .args(["window", "--socket"])
+        .arg(dir.path().join("none.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "krisp window without an app succeeded"
+    );
+    assert!(err.contains("no krisp answers"), "{err}");
+    // Internal: not offered in the help.
+    let help = Command::new(common::krisp_bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        !help.lines().any(|l| l.trim_start().starts_with("window")),
+        "the internal command shows in --help:\n{help}"
+    );
 }
 
 fn xdotool(x: &Xvfb, args: &[&str]) {

@@ -54,6 +54,11 @@ pub enum Request {
         /// Model name from the models manifest (`rnnoise`, `dfn3`).
         name: String,
     },
+    /// Ask the license server again now, not when due (after a sign-in or sign-out).
+    CheckLicense,
+    /// Quit the whole app (the window's Quit button): the engine stops and "Krisp
+    /// Microphone" goes.
+    Quit,
 }
 
 /// The engine's answer.
@@ -82,6 +87,17 @@ pub struct Response {
     /// Extra lines from the embedding app (e.g. license state).
     #[serde(default)]
     pub extra: Vec<String>,
+    /// The audio path's health (what the status sentence is about), for banners and icons.
+    #[serde(default = "starting")]
+    pub health: crate::Health,
+    /// The embedding app's own state as JSON (the window app: license, virtual microphone,
+    /// tray); the engine does not look into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<serde_json::Value>,
+}
+
+fn starting() -> crate::Health {
+    crate::Health::Starting
 }
 
 /// Serves requests until dropped.
@@ -198,29 +214,50 @@ fn serve_one(stream: UnixStream, handler: &impl Fn(Request) -> Response) -> std:
     Ok(())
 }
 
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// Nothing listens at the path: no engine runs (or it has just stopped).
+    NotRunning(String),
+    /// An engine listens but the exchange failed (a timeout, a garbled answer).
+    Failed(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::NotRunning(e) | SendError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
 /// Sends one request to the engine at `path`.
 pub fn send(path: &Path, req: &Request) -> Result<Response, String> {
+    exchange(path, req).map_err(|e| e.to_string())
+}
+
+/// [`send`], telling "no engine" from a failed exchange (a busy engine is not a gone one).
+pub fn exchange(path: &Path, req: &Request) -> Result<Response, SendError> {
     let stream = UnixStream::connect(path).map_err(|e| {
-        format!(
+        SendError::NotRunning(format!(
             "no running krisp engine ({}: {e}); start it with `krisp run`",
             path.display()
-        )
+        ))
     })?;
+    let failed = |e: String| SendError::Failed(e);
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(e.to_string()))?;
     let mut w = &stream;
-    writeln!(
-        w,
-        "{}",
-        serde_json::to_string(req).map_err(|e| e.to_string())?
-    )
-    .map_err(|e| e.to_string())?;
+    let line = serde_json::to_string(req).map_err(|e| failed(e.to_string()))?;
+    writeln!(w, "{line}").map_err(|e| failed(e.to_string()))?;
     let mut line = String::new();
     BufReader::new(&stream)
         .read_line(&mut line)
-        .map_err(|e| format!("the engine did not answer: {e}"))?;
-    serde_json::from_str(&line).map_err(|e| format!("garbled answer from the engine: {e}"))
+        .map_err(|e| failed(format!("the engine did not answer: {e}")))?;
+    serde_json::from_str(&line).map_err(|e| failed(format!("garbled answer from the engine: {e}")))
 }
 
 #[cfg(test)]
@@ -264,6 +301,8 @@ mod tests {
                 ring: None,
             },
             extra: vec![],
+            health: crate::Health::Running,
+            app: matches!(req, Request::Status).then(|| serde_json::json!({ "shown": 1 })),
         }
     }
 
@@ -279,6 +318,10 @@ mod tests {
         );
         assert!(!send(&path, &Request::Off).unwrap().enabled);
         assert!(send(&path, &Request::On).unwrap().enabled);
+        let st = send(&path, &Request::Status).unwrap();
+        assert_eq!(st.health, crate::Health::Running);
+        assert_eq!(st.app, Some(serde_json::json!({ "shown": 1 })));
+        assert_eq!(send(&path, &Request::Quit).unwrap().app, None);
         // A second instance is refused while the first runs.
         let err = Server::start(&path, answer).err().unwrap();
         assert!(err.to_string().contains("already running"), "{err}");
@@ -290,7 +333,24 @@ mod tests {
         assert!(line.contains("bad request"), "{line}");
         drop(server);
         assert!(!path.exists(), "socket removed on drop");
+        // An older engine's answer (no health, no app part) still reads.
+        let old = r#"{"ok":true,"enabled":true,"denoising":true,"strength_db":100.0,
+            "status":"running","input":null,"stats":STATS}"#
+            .replace(
+                "STATS",
+                &serde_json::to_string(&answer(Request::On).stats).unwrap(),
+            );
+        let r: Response = serde_json::from_str(&old).unwrap();
+        assert_eq!((r.health, r.app), (crate::Health::Starting, None));
+        assert_eq!(
+            serde_json::to_string(&Request::CheckLicense).unwrap(),
+            r#"{"cmd":"check_license"}"#
+        );
         let err = send(&path, &Request::Status).unwrap_err();
         assert!(err.contains("no running krisp"), "{err}");
+        assert!(matches!(
+            exchange(&path, &Request::Status),
+            Err(SendError::NotRunning(_))
+        ));
     }
 }
