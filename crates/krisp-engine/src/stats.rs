@@ -205,7 +205,12 @@ impl Stats {
         } else {
             fill + i.latency_samples.load(r)
         };
-        let (input_rms, output_rms, vad) = if listeners {
+        let input_running = i.input_running.load(r);
+        let (input_rms, output_rms, vad) = if !input_running {
+            // No microphone: nothing is metered, and Krisp Microphone carries silence (the
+            // last block's levels would otherwise stay on the meters).
+            (0.0, 0.0, 0.0)
+        } else if listeners {
             (self.dsp.input_rms(), self.dsp.output_rms(), self.dsp.vad())
         } else {
             // The model is idle: its meters are stale; the microphone is metered apart.
@@ -225,7 +230,7 @@ impl Stats {
             vad,
             added_latency_ms: added as f32 / rate * 1000.0,
             cpu_load: i.cpu_load_ppm.load(r) as f32 / 1e6,
-            input_running: i.input_running.load(r),
+            input_running,
             output_running: i.output_running.load(r),
             listeners,
             restarts: i.restarts.load(r),
@@ -241,5 +246,33 @@ impl Stats {
             ring,
             pipe: i.pipe.load(r),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use krisp_dsp::{Config, Denoiser, Model};
+
+    #[test]
+    fn without_a_microphone_the_meters_read_silence_not_the_last_block() {
+        let mut dn = Denoiser::new(&Config::new(48_000, 1), &Model::builtin()).unwrap();
+        let loud: Vec<f32> = (0..9_600).map(|i| (i as f32 * 0.05).sin() * 0.5).collect();
+        let mut out = vec![0.0f32; loud.len()];
+        dn.process(&loud, &mut out).unwrap();
+        let stats = Stats {
+            inner: Arc::new(StatsInner::default()),
+            dsp: dn.handle(),
+        };
+        stats.inner.listeners.store(true, Ordering::Relaxed);
+        stats.inner.input_running.store(true, Ordering::Relaxed);
+        let live = stats.snapshot();
+        assert!(live.input_rms > 0.1, "{live:?}");
+        // The microphone went away: the model is not called any more, its meters keep the
+        // last block's levels; the snapshot must not show them.
+        stats.inner.input_running.store(false, Ordering::Relaxed);
+        let gone = stats.snapshot();
+        assert_eq!((gone.input_rms, gone.output_rms, gone.vad), (0.0, 0.0, 0.0));
+        assert!(!gone.input_running);
     }
 }
