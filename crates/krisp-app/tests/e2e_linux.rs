@@ -691,47 +691,14 @@ fn added_latency_stays_put_while_the_microphone_clock_drifts() {
             == 1),
         "Krisp Microphone did not appear"
     );
-    // Record Krisp Microphone, noting when each read returned (as in `record_pair`).
-    let spec = libpulse_binding::sample::Spec {
-        format: libpulse_binding::sample::Format::F32le,
-        channels: 1,
-        rate: 48_000,
-    };
-    let attr = libpulse_binding::def::BufferAttr {
-        maxlength: u32::MAX,
-        tlength: u32::MAX,
-        prebuf: u32::MAX,
-        minreq: u32::MAX,
-        fragsize: 240 * 4,
-    };
+    // Record Krisp Microphone, noting when each read returned (as `record_pair` does).
     let addr = format!("unix:{}/pulse/native", server.runtime_dir().display());
-    let rec = libpulse_simple_binding::Simple::new(
-        Some(&addr),
-        "krisp-drift",
-        libpulse_binding::stream::Direction::Record,
-        Some("krisp_mic"),
-        "drift",
-        &spec,
-        None,
-        Some(&attr),
-    )
-    .unwrap();
-    let n = (secs * 48_000.0) as usize;
-    let mut out = Vec::with_capacity(n);
-    // When each read returned, and how much had arrived by then.
-    let mut reads: Vec<(usize, f64)> = Vec::with_capacity(n / 240 + 1);
-    let mut buf = vec![0u8; 240 * 4];
-    while out.len() < n {
-        rec.read(&mut buf).unwrap();
-        out.extend(
-            buf.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        );
-        reads.push((out.len(), t0.elapsed().as_secs_f64()));
-    }
+    let common::Recording {
+        samples: out,
+        reads,
+    } = common::record_one(&addr, "krisp_mic", secs as f32, t0);
     let stats = krisp.status_json(&server);
     stop.store(true, Ordering::Relaxed);
-    drop(rec);
     let _ = feeder.join();
     eprintln!(
         "drift {ppm:+} ppm, {secs} s: engine stats {}",

@@ -48,7 +48,16 @@ pub fn record_pair(server: &AudioServer, a: &str, b: &str, secs: f32) -> (Vec<f3
     })
 }
 
-fn record_pair_at(addr: &str, a: &str, b: &str, secs: f32) -> (Vec<f32>, Vec<f32>, i64) {
+/// What one record stream delivered, and after each read how much had arrived by when
+/// (seconds since the `t0` given to [`record_one`]).
+pub struct Recording {
+    pub samples: Vec<f32>,
+    pub reads: Vec<(usize, f64)>,
+}
+
+/// Records `secs` from `dev` on the server at `addr` (48 kHz mono float, 5 ms fragments, as a
+/// call app would ask), noting when each read returned.
+pub fn record_one(addr: &str, dev: &str, secs: f32, t0: Instant) -> Recording {
     let spec = Spec {
         format: Format::F32le,
         channels: 1,
@@ -61,21 +70,34 @@ fn record_pair_at(addr: &str, a: &str, b: &str, secs: f32) -> (Vec<f32>, Vec<f32
         minreq: u32::MAX,
         fragsize: 240 * 4,
     };
-    let open = |dev: &str| {
-        Simple::new(
-            Some(addr),
-            "krisp-e2e",
-            Direction::Record,
-            Some(dev),
-            "e2e",
-            &spec,
-            None,
-            Some(&attr),
-        )
-        .unwrap_or_else(|e| panic!("cannot record from {dev}: {e}"))
-    };
-    let t0 = Instant::now();
+    let s = Simple::new(
+        Some(addr),
+        "krisp-e2e",
+        Direction::Record,
+        Some(dev),
+        "e2e",
+        &spec,
+        None,
+        Some(&attr),
+    )
+    .unwrap_or_else(|e| panic!("cannot record from {dev}: {e}"));
     let n = (secs * 48_000.0) as usize;
+    let mut samples = Vec::with_capacity(n);
+    let mut reads = Vec::with_capacity(n / 240 + 1);
+    let mut buf = vec![0u8; 240 * 4];
+    while samples.len() < n {
+        s.read(&mut buf).unwrap();
+        samples.extend(
+            buf.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+        reads.push((samples.len(), t0.elapsed().as_secs_f64()));
+    }
+    Recording { samples, reads }
+}
+
+fn record_pair_at(addr: &str, a: &str, b: &str, secs: f32) -> (Vec<f32>, Vec<f32>, i64) {
+    let t0 = Instant::now();
     // Each stream is read on its own thread: read in turn, one stream's blocking read would
     // delay the other's and bias its arrival times (a pipe-source Krisp Microphone delivers in
     // 10 ms chunks, the fake mic in 5 ms fragments: measured, a 5 ms swing in the offset).
@@ -85,28 +107,21 @@ fn record_pair_at(addr: &str, a: &str, b: &str, secs: f32) -> (Vec<f32>, Vec<f32
     // used before, placed a block-wise stream by the last sample of each block, the one that
     // waited least: measured, 10 ms "added" for 43 ms capture blocks.)
     let read_all = |dev: &str| {
-        let s = open(dev);
-        let mut out = Vec::with_capacity(n);
-        let mut origins = Vec::with_capacity(n / 240 + 1);
-        let mut buf = vec![0u8; 240 * 4];
-        while out.len() < n {
-            s.read(&mut buf).unwrap();
-            out.extend(
-                buf.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-            );
-            origins.push(t0.elapsed().as_secs_f64() - out.len() as f64 / 48_000.0);
-        }
+        let r = record_one(addr, dev, secs, t0);
+        let mut origins: Vec<f64> = r
+            .reads
+            .iter()
+            .map(|&(len, t)| t - len as f64 / 48_000.0)
+            .collect();
         origins.sort_by(f64::total_cmp);
-        (out, origins[origins.len() / 2])
+        (r.samples, origins[origins.len() / 2])
     };
     let ((ra, oa), (rb, ob)) = std::thread::scope(|sc| {
         let hb = sc.spawn(|| read_all(b));
         let a = read_all(a);
         (a, hb.join().unwrap())
     });
-    let origin = [oa, ob];
-    let offset = ((origin[1] - origin[0]) * 48_000.0).round() as i64;
+    let offset = ((ob - oa) * 48_000.0).round() as i64;
     (ra, rb, offset)
 }
 
