@@ -416,6 +416,9 @@ struct Supervisor {
     /// Last attempt to connect `watch` (shared-ring output, where it is optional).
     last_watch_try: Option<Instant>,
     last_input_try: Option<Instant>,
+    /// Said with the running status when the virtual device itself adds delay (PipeWire 1.x's
+    /// pipe source).
+    device_note: Option<String>,
 }
 
 impl Supervisor {
@@ -442,6 +445,7 @@ impl Supervisor {
             watch: None,
             last_watch_try: None,
             last_input_try: None,
+            device_note: None,
         }
     }
 
@@ -534,6 +538,28 @@ impl Supervisor {
     }
 
     /// What the engine feeds, for status lines.
+    /// PipeWire from 0.3.80 on buffers a pipe source by 170 ms (krisp-vdev's
+    /// `PIPE_SOURCE_BUFFERS_FROM`): said, not hidden, until Krisp Microphone has a native
+    /// PipeWire node.
+    fn pipe_delay_note(kind: &MicKind) -> Option<String> {
+        if !matches!(kind, MicKind::Pipe(_)) {
+            return None;
+        }
+        let v = krisp_vdev::pulse::pipewire_version()?;
+        if v < krisp_vdev::pulse::PIPE_SOURCE_BUFFERS_FROM {
+            return None;
+        }
+        let note = format!(
+            " (PipeWire {}.{}.{} delays this kind of device by about 150 ms; a known problem)",
+            v.0, v.1, v.2
+        );
+        tracing::warn!(
+            pipewire = %format!("{}.{}.{}", v.0, v.1, v.2),
+            "Krisp Microphone is a pipe source, which this PipeWire buffers by about 150 ms"
+        );
+        Some(note)
+    }
+
     fn output_label(&self) -> String {
         match &self.cfg.output {
             Output::VirtualMic => self.cfg.mic.description.clone(),
@@ -661,6 +687,7 @@ impl Supervisor {
                 self.cfg.mic.create().map_err(server)?;
             }
             self.mic_ready = true;
+            self.device_note = Self::pipe_delay_note(&self.cfg.mic.kind);
             // The new source is in the snapshot before it is looked for.
             watch.refresh().map_err(EngineError::Server)?;
         }
@@ -892,7 +919,11 @@ impl Supervisor {
                 self.stats.input_running.store(true, Ordering::Relaxed);
                 self.set_status(
                     Health::Running,
-                    format!("running: {name} -> {}", self.output_label()),
+                    format!(
+                        "running: {name} -> {}{}",
+                        self.output_label(),
+                        self.device_note.as_deref().unwrap_or_default()
+                    ),
                 );
                 self.capture = Some(CaptureHandle {
                     stop,

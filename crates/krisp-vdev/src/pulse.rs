@@ -273,6 +273,39 @@ impl VirtualMic {
     }
 }
 
+/// PipeWire from 0.3.80 on keeps a fixed 8192 frames (170 ms at 48 kHz) in the ring behind
+/// `module-pipe-source` (its pipe-tunnel source was reworked then); measured with 1.4.2:
+/// 118-157 ms added. Older PipeWire and PulseAudio post the pipe's audio as it arrives.
+pub const PIPE_SOURCE_BUFFERS_FROM: (u32, u32, u32) = (0, 3, 80);
+
+/// The PipeWire version behind a pulse server, from `pactl info`'s "Server Name: PulseAudio
+/// (on PipeWire 1.4.2)"; `None` for PulseAudio itself (or an unreadable line).
+pub fn pipewire_version_in(info: &str) -> Option<(u32, u32, u32)> {
+    let line = info
+        .lines()
+        .find(|l| l.trim_start().starts_with("Server Name:"))?;
+    let v = line.split("on PipeWire ").nth(1)?;
+    let v = v.trim_end_matches(|c: char| !c.is_ascii_digit());
+    let mut parts = v.split('.').map(|p| {
+        p.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u32>()
+    });
+    let major = parts.next()?.ok()?;
+    let minor = parts.next().and_then(Result::ok).unwrap_or(0);
+    let micro = parts.next().and_then(Result::ok).unwrap_or(0);
+    Some((major, minor, micro))
+}
+
+/// The running server's PipeWire version (`None`: PulseAudio, or the server did not say).
+pub fn pipewire_version() -> Option<(u32, u32, u32)> {
+    pactl(&["info"])
+        .ok()
+        .as_deref()
+        .and_then(pipewire_version_in)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +321,27 @@ mod tests {
         assert_eq!(m[1].name, "module-remap-source");
         assert!(m[0].args.contains("krisp_mic_sink"));
         assert_eq!(m[2].args, "");
+    }
+
+    #[test]
+    fn reads_the_pipewire_version_behind_a_pulse_server() {
+        let info = |name: &str| {
+            format!(
+                "Server String: /run/user/1000/pulse/native\nServer Name: {name}\nServer Version: 15.0.0\n"
+            )
+        };
+        assert_eq!(
+            pipewire_version_in(&info("PulseAudio (on PipeWire 1.4.2)")),
+            Some((1, 4, 2))
+        );
+        assert_eq!(
+            pipewire_version_in(&info("PulseAudio (on PipeWire 0.3.65)")),
+            Some((0, 3, 65))
+        );
+        assert_eq!(pipewire_version_in(&info("pulseaudio")), None);
+        assert_eq!(pipewire_version_in("garbage"), None);
+        assert!(Some((1, 4, 2)) >= Some(PIPE_SOURCE_BUFFERS_FROM));
+        assert!((0, 3, 65) < PIPE_SOURCE_BUFFERS_FROM);
     }
 }
 
