@@ -16,13 +16,20 @@ out=target/debian
 stage=$out/stage-$version
 [ -n "${KRISP_RELEASE_KEYS:-}" ] || echo "build-deb: warning: KRISP_RELEASE_KEYS is not set: this build trusts no license server" >&2
 
-# KRISP_DEB_PROFILE=dev packages a debug build: CI tests the package's install, enrolment,
-# upgrade and removal with the build its tests already made, instead of a 10-minute release
-# build. Releases use the default.
+# KRISP_DEB_PROFILE=tests packages the `krisp` that `cargo test --workspace` builds: CI tests
+# the package's install, enrolment, upgrade and removal with the build its tests already made
+# (the same feature resolution, so only what reads KRISP_RELEASE_KEYS is rebuilt), instead of a
+# 10-minute release build. Any other value is a cargo profile; releases use the default.
 profile=${KRISP_DEB_PROFILE:-release}
-echo "build-deb: cargo build --profile $profile -p krisp-app" >&2
-cargo build --profile "$profile" -p krisp-app
-case $profile in dev|test) bin=target/debug/krisp ;; *) bin=target/$profile/krisp ;; esac
+if [ "$profile" = tests ]; then
+    echo "build-deb: cargo test --workspace --no-run (packaging its target/debug/krisp)" >&2
+    cargo test --workspace --no-run -q >&2
+    bin=target/debug/krisp
+else
+    echo "build-deb: cargo build --profile $profile -p krisp-app" >&2
+    cargo build --profile "$profile" -p krisp-app
+    case $profile in dev|test) bin=target/debug/krisp ;; *) bin=target/$profile/krisp ;; esac
+fi
 
 rm -rf "$stage"
 install -Dm755 "$bin" "$stage/usr/bin/krisp"
