@@ -137,8 +137,6 @@ struct TrayApp {
     policy: Option<Policy>,
     inputs: Arc<Mutex<Vec<InputInfo>>>,
     lister_stop: Arc<AtomicBool>,
-    /// The window is open (the device list is refreshed more often then).
-    shown: Arc<AtomicBool>,
     tray: Option<Tray>,
     /// The window's process, while it runs.
     window: Option<Child>,
@@ -184,7 +182,6 @@ impl TrayApp {
             policy,
             inputs: Arc::new(Mutex::new(Vec::new())),
             lister_stop: Arc::new(AtomicBool::new(false)),
-            shown: Arc::new(AtomicBool::new(false)),
             tray,
             window: None,
             quit: false,
@@ -193,13 +190,10 @@ impl TrayApp {
         app
     }
 
-    /// The tray's Microphone menu: the device list every 10 s (2 s while the window is open).
+    /// The tray's Microphone menu: the device list every 10 s. (The open window lists the
+    /// devices for its picker itself, every 2 s.)
     fn start_lister(&self, mic: VirtualMic) {
-        let (inputs, stop, shown) = (
-            self.inputs.clone(),
-            self.lister_stop.clone(),
-            self.shown.clone(),
-        );
+        let (inputs, stop) = (self.inputs.clone(), self.lister_stop.clone());
         let _ = std::thread::Builder::new()
             .name("krisp-devices".into())
             .spawn(move || {
@@ -207,14 +201,11 @@ impl TrayApp {
                     if let Ok(list) = krisp_engine::list_inputs(&mic) {
                         *inputs.lock().unwrap_or_else(|p| p.into_inner()) = list;
                     }
-                    for k in 0..100 {
+                    for _ in 0..100 {
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
                         std::thread::sleep(Duration::from_millis(100));
-                        if k >= 19 && shown.load(Ordering::Relaxed) {
-                            break;
-                        }
                     }
                 }
             });
@@ -266,7 +257,6 @@ impl TrayApp {
         match spawned {
             Ok(child) => {
                 self.window = Some(child);
-                self.shown.store(true, Ordering::Relaxed);
             }
             Err(e) => {
                 eprintln!("krisp: {e:#}");
@@ -288,7 +278,6 @@ impl TrayApp {
             }
         };
         self.window = None;
-        self.shown.store(false, Ordering::Relaxed);
         if !status.success() {
             eprintln!("krisp: the window ended with {status}");
         }
