@@ -35,8 +35,11 @@ pub struct RunArgs {
 /// `krisp run --device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceArg {
-    /// The pipe source, or a null sink where the server cannot load one.
+    /// On PipeWire our own node; elsewhere the pipe source, or a null sink where the server
+    /// cannot load one.
     Auto,
+    /// A PipeWire node of our own (PipeWire servers only).
+    Node,
     /// `module-pipe-source`: each denoised block is written as it comes (lowest latency).
     Pipe,
     /// A null sink fed through a jitter buffer, its monitor remapped into the source.
@@ -47,6 +50,7 @@ impl From<DeviceArg> for krisp_engine::VirtualDevice {
     fn from(d: DeviceArg) -> Self {
         match d {
             DeviceArg::Auto => krisp_engine::VirtualDevice::Auto,
+            DeviceArg::Node => krisp_engine::VirtualDevice::Node,
             DeviceArg::Pipe => krisp_engine::VirtualDevice::Pipe,
             DeviceArg::NullSink => krisp_engine::VirtualDevice::NullSink,
         }
@@ -467,7 +471,11 @@ fn print_status(r: &Response) {
         "xruns:         {} underruns, {} overruns, {} samples dropped / {} inserted for drift; {} restarts",
         s.underruns, s.overruns, s.drift_dropped, s.drift_inserted, s.restarts
     );
-    if s.output == krisp_engine::OUTPUT_VIRTUAL_MIC && s.pipe {
+    if s.output == krisp_engine::OUTPUT_VIRTUAL_MIC && s.node {
+        println!(
+            "buffers:       none (PipeWire node: each block goes out in the graph cycle it starts)"
+        );
+    } else if s.output == krisp_engine::OUTPUT_VIRTUAL_MIC && s.pipe {
         println!("buffers:       none (pipe source: each block is written as it is denoised)");
     } else if s.output == krisp_engine::OUTPUT_VIRTUAL_MIC && s.direct {
         println!(

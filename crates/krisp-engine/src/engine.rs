@@ -59,10 +59,13 @@ pub enum Output {
 /// How "Krisp Microphone" is made on Linux (krisp-vdev's [`MicKind`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum VirtualDevice {
-    /// The pipe source, or the null sink where the server cannot load one (e.g. a server
-    /// that does not share this machine's file system).
+    /// On a PipeWire server our own node (falling back to the pipe source if it cannot be
+    /// made); elsewhere the pipe source, or the null sink where the server cannot load one
+    /// (e.g. a server that does not share this machine's file system).
     #[default]
     Auto,
+    /// A PipeWire node of the engine's own (`pwnode.rs`); PipeWire servers only.
+    Node,
     /// `module-pipe-source`: the engine writes each denoised chunk into its FIFO (`pipe.rs`).
     Pipe,
     /// A null sink fed by the feeder thread, its monitor remapped into the source.
@@ -419,6 +422,8 @@ struct Supervisor {
     /// Said with the running status when the virtual device itself adds delay (PipeWire 1.x's
     /// pipe source).
     device_note: Option<String>,
+    /// "Krisp Microphone" as our own PipeWire node, while it is that.
+    node: Option<crate::pwnode::Node>,
 }
 
 impl Supervisor {
@@ -446,6 +451,7 @@ impl Supervisor {
             last_watch_try: None,
             last_input_try: None,
             device_note: None,
+            node: None,
         }
     }
 
@@ -532,6 +538,8 @@ impl Supervisor {
     fn teardown(&mut self) {
         self.stop_capture();
         self.stop_output();
+        // The node goes with its connection (after the capture side stopped triggering it).
+        self.node = None;
         self.mic_ready = false;
         // Reconnect on the next round: the server may be a new one by then.
         self.watch = None;
@@ -670,13 +678,35 @@ impl Supervisor {
         if !self.mic_ready {
             let server = |e: krisp_vdev::pulse::PulseError| EngineError::Server(e.to_string());
             // Chosen each time: the server that comes back after a restart may be another.
+            let pipe = || MicKind::Pipe(krisp_vdev::pulse::default_fifo(&self.cfg.mic.source));
             self.cfg.mic.kind = match self.cfg.device {
                 VirtualDevice::NullSink => MicKind::NullSink,
-                VirtualDevice::Pipe | VirtualDevice::Auto => {
-                    MicKind::Pipe(krisp_vdev::pulse::default_fifo(&self.cfg.mic.source))
+                VirtualDevice::Pipe => pipe(),
+                VirtualDevice::Node => MicKind::Node,
+                VirtualDevice::Auto if krisp_vdev::pulse::pipewire_version().is_some() => {
+                    MicKind::Node
                 }
+                VirtualDevice::Auto => pipe(),
             };
-            if let Err(e) = self.cfg.mic.create() {
+            if self.cfg.mic.kind == MicKind::Node {
+                self.cfg.mic.create().map_err(server)?; // leftovers of the other kinds
+                let desc = crate::pwnode::NodeDesc {
+                    name: self.cfg.mic.source.clone(),
+                    description: self.cfg.mic.description.clone(),
+                    rate: MIC_RATE,
+                };
+                match crate::pwnode::Node::start(&desc, self.stats.clone()) {
+                    Ok(n) => self.node = Some(n),
+                    Err(e) if self.cfg.device == VirtualDevice::Auto => {
+                        tracing::warn!(error = %e, "no PipeWire node; using a pipe source");
+                        self.cfg.mic.kind = pipe();
+                    }
+                    Err(e) => return Err(EngineError::Server(e)),
+                }
+            }
+            if self.cfg.mic.kind != MicKind::Node
+                && let Err(e) = self.cfg.mic.create()
+            {
                 let fall_back = self.cfg.device == VirtualDevice::Auto
                     && matches!(e, krisp_vdev::pulse::PulseError::LoadFailed { .. });
                 if !fall_back {
@@ -688,8 +718,23 @@ impl Supervisor {
             }
             self.mic_ready = true;
             self.device_note = Self::pipe_delay_note(&self.cfg.mic.kind);
-            // The new source is in the snapshot before it is looked for.
-            watch.refresh().map_err(EngineError::Server)?;
+            // The new source is in the snapshot before it is looked for (pipewire-pulse
+            // learns of our node from PipeWire's registry, a moment after it exists).
+            let t = Instant::now();
+            loop {
+                watch.refresh().map_err(EngineError::Server)?;
+                if watch.source(&self.cfg.mic.source).is_some()
+                    || t.elapsed() > Duration::from_secs(3)
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if self.node.as_ref().is_some_and(|n| n.failed()) {
+            return Err(EngineError::Server(
+                "PipeWire closed Krisp Microphone's node".into(),
+            ));
         }
         // From the snapshot: no I/O, so checked every round (an event refreshes it at once).
         let listening = match watch.source(&self.cfg.mic.source) {
@@ -793,6 +838,22 @@ impl Supervisor {
             (Output::VirtualMic, MicKind::NullSink) => {
                 (self.start_pulse_feeder()?, self.cfg.device_buffer_frames)
             }
+            // Delivered in the graph cycle the block triggers: no buffer of ours either.
+            (Output::VirtualMic, MicKind::Node) => {
+                let feed = self
+                    .node
+                    .as_mut()
+                    .and_then(|n| n.take_feed())
+                    .ok_or_else(|| {
+                        // A path rebuilt without its node (the old ring went with a thread):
+                        // the next round makes both anew.
+                        EngineError::Server("Krisp Microphone's node needs a restart".into())
+                    })?;
+                (
+                    Sink::Pipe(Box::new(crate::pipe::PipeOut::node(feed, MIC_RATE))),
+                    0,
+                )
+            }
             (Output::SharedRing(rc), _) => {
                 let writer = match self.pending_ring.take() {
                     Some(w) => w,
@@ -820,6 +881,10 @@ impl Supervisor {
         self.stats
             .pipe
             .store(matches!(sink, Sink::Pipe(_)), Ordering::Relaxed);
+        self.stats.node.store(
+            self.cfg.output == Output::VirtualMic && self.cfg.mic.kind == MicKind::Node,
+            Ordering::Relaxed,
+        );
         let (swap, rt) = swap_channel(denoiser);
         self.swap = Some(swap);
         self.idle_side = Some(CaptureSide::new(sink, rt, self.stats.clone()));

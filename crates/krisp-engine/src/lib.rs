@@ -20,6 +20,7 @@ mod direct;
 mod engine;
 mod pa;
 mod pipe;
+mod pwnode;
 mod rt;
 pub mod socket;
 mod stats;

@@ -29,6 +29,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use crate::pwnode::NodeFeed;
 use crate::rt::CHUNK;
 use crate::stats::StatsInner;
 
@@ -45,9 +46,18 @@ const QUEUE_CHUNKS: usize = 12;
 /// that, the time is skipped rather than written in one burst.
 const MAX_SILENCE_BURST: u64 = 4_800;
 
-/// The writer's end of the pipe-source FIFO, with the queue the realtime code fills.
+/// Where the chunks go.
+enum Target {
+    /// The FIFO `module-pipe-source` reads.
+    Fifo(File),
+    /// The ring of our own PipeWire node (`pwnode.rs`), and its trigger.
+    Node(Box<NodeFeed>),
+}
+
+/// The writer's end of the pipe-source FIFO (or of the PipeWire node's ring), with the queue
+/// the realtime code fills.
 pub(crate) struct PipeOut {
-    file: File,
+    target: Target,
     /// Processed frames not yet written (appended by the realtime code, written by the I/O
     /// thread after each block). Allocated once.
     queue: Vec<f32>,
@@ -80,14 +90,24 @@ impl PipeOut {
         if rc < 0 {
             tracing::debug!("FIFO size not set; the kernel's default is used");
         }
-        Ok(PipeOut {
-            file,
+        Ok(PipeOut::with(Target::Fifo(file), rate))
+    }
+
+    /// Writes into "Krisp Microphone" as our own PipeWire node: each flush puts the queued
+    /// chunks into the node's ring and starts the graph cycle that delivers them.
+    pub fn node(feed: NodeFeed, rate: u32) -> PipeOut {
+        PipeOut::with(Target::Node(Box::new(feed)), rate)
+    }
+
+    fn with(target: Target, rate: u32) -> PipeOut {
+        PipeOut {
+            target,
             queue: Vec::with_capacity(QUEUE_CHUNKS * CHUNK),
             bytes: Vec::with_capacity(CHUNK * 4),
             live: false,
             silence: None,
             rate,
-        })
+        }
     }
 
     /// Realtime: queues a processed chunk for the I/O thread. False when the queue is full
@@ -114,6 +134,27 @@ impl PipeOut {
             return Ok(());
         }
         self.live = true;
+        let file = match &mut self.target {
+            Target::Fifo(f) => f,
+            Target::Node(feed) => {
+                if feed.failed() {
+                    return Err(std::io::Error::new(
+                        ErrorKind::BrokenPipe,
+                        "PipeWire closed the node",
+                    ));
+                }
+                if !self.queue.is_empty() {
+                    let n = feed.write(&self.queue);
+                    if n < self.queue.len() {
+                        let lost = (self.queue.len() - n).div_ceil(CHUNK);
+                        stats.overruns.fetch_add(lost as u64, Ordering::Relaxed);
+                    }
+                    self.queue.clear();
+                    feed.trigger();
+                }
+                return Ok(());
+            }
+        };
         let mut result = Ok(());
         for chunk in self.queue.chunks(CHUNK) {
             self.bytes.clear();
@@ -121,7 +162,7 @@ impl PipeOut {
                 self.bytes.extend_from_slice(&s.to_le_bytes());
             }
             loop {
-                match (&self.file).write(&self.bytes) {
+                match (&*file).write(&self.bytes) {
                     Ok(_) => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
@@ -144,8 +185,12 @@ impl PipeOut {
 
     /// Empties the FIFO (what was written after the last recorder left).
     fn drain(&mut self) {
+        let file = match &self.target {
+            Target::Fifo(f) => f,
+            Target::Node(feed) => return feed.clear(),
+        };
         let mut buf = [0u8; 4096];
-        while let Ok(n) = (&self.file).read(&mut buf) {
+        while let Ok(n) = (&*file).read(&mut buf) {
             if n == 0 {
                 break;
             }

@@ -284,6 +284,7 @@ mod tests {
                 drift_inserted: 0,
                 direct: false,
                 pipe: false,
+                node: false,
                 late_model_frames: 0,
                 input_rms: 0.0,
                 output_rms: 0.0,

@@ -50,8 +50,10 @@ pub(crate) struct StatsInner {
     /// In direct mode: the device buffer's measured level plus the device's own latency,
     /// frames (mean of the last second).
     pub direct_latency: AtomicU64,
-    /// The virtual microphone is a pipe source (`pipe.rs`).
+    /// The virtual microphone is a pipe source (`pipe.rs`), or our PipeWire node.
     pub pipe: AtomicBool,
+    /// The virtual microphone is our own PipeWire node (`pwnode.rs`).
+    pub node: AtomicBool,
 }
 
 /// The shared ring the engine writes, for status.
@@ -170,6 +172,10 @@ pub struct StatsSnapshot {
     /// buffer of ours on the path).
     #[serde(default)]
     pub pipe: bool,
+    /// "Krisp Microphone" is the app's own PipeWire node (delivered in the graph cycle each
+    /// block starts; `pipe` is true too).
+    #[serde(default)]
+    pub node: bool,
 }
 
 impl Stats {
@@ -245,6 +251,7 @@ impl Stats {
             .to_string(),
             ring,
             pipe: i.pipe.load(r),
+            node: i.node.load(r),
         }
     }
 }

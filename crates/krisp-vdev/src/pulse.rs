@@ -7,7 +7,9 @@
 //!   where a pipe source cannot be loaded).
 //!
 //! Both work on PulseAudio and on PipeWire through pipewire-pulse, which implements the same
-//! modules.
+//! modules. On PipeWire the default is a third shape, a node of the app's own
+//! ([`MicKind::Node`], created by krisp-engine): PipeWire 0.3.80 and later buffer a pipe source
+//! by 170 ms.
 //!
 //! Modules are loaded and unloaded with `pactl` (pulseaudio-utils), the server's own
 //! command-line client: this runs on the control thread only, a few times per session. Every
@@ -68,6 +70,11 @@ pub enum MicKind {
     NullSink,
     /// `module-pipe-source` reading the FIFO at this path (float32le at [`MIC_RATE`]).
     Pipe(PathBuf),
+    /// A PipeWire node the app itself creates (krisp-engine's `pwnode.rs`) on PipeWire
+    /// servers: no module is loaded, and the node goes with the app's connection, so a killed
+    /// app leaves nothing behind. [`VirtualMic::create`] only removes leftovers of the other
+    /// kinds.
+    Node,
 }
 
 impl Default for VirtualMic {
@@ -184,8 +191,10 @@ impl VirtualMic {
     /// Removes leftovers (e.g. after a crash), then creates the source (and its sink).
     pub fn create(&self) -> Result<(), PulseError> {
         self.remove()?;
-        if let MicKind::Pipe(fifo) = &self.kind {
-            return self.create_pipe(fifo);
+        match &self.kind {
+            MicKind::Pipe(fifo) => return self.create_pipe(fifo),
+            MicKind::Node => return Ok(()),
+            MicKind::NullSink => {}
         }
         let marker = self.marker();
         let (ch, map) = self.layout();
