@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Whole-process figures of `krisp run --headless` on a private headless PulseAudio:
+# Whole-process figures of `krisp run --headless` on a private headless PulseAudio (or PipeWire
+# with pipewire-pulse and WirePlumber: KRISP_AUDIO_SERVER=pipewire):
 # CPU % of one core and peak RSS while denoising 48 kHz mono with a recorder attached, the
 # same with nobody recording, and xruns with both cores loaded by a stress process.
 # CPU is the process's own threads ("own") and, beside it, the same plus the child processes
@@ -7,6 +8,9 @@
 # (from /proc/PID/task/*/stat) follows each state.
 # Usage: benches/live/measure.sh [seconds=60] [stress_seconds=120]   (stress 0: skip it)
 # KRISP_BIN picks the binary (default target/release/krisp); KRISP_ARGS adds options to `run`.
+# Each state also shows the audio server's CPU in the same window, and a reference in the same
+# run: `parecord` recording the fake mic in 10 ms fragments (a client with Krisp's wake-up
+# rate and no processing), so the figures can be read as ratios on a noisy shared machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-60}
@@ -18,18 +22,36 @@ export HOME=$XDG_RUNTIME_DIR
 export KRISP_CONFIG_DIR=$XDG_RUNTIME_DIR/cfg KRISP_SOCKET=$XDG_RUNTIME_DIR/krisp.sock
 export KRISP_SERVER=http://127.0.0.1:9 KRISP_POLICY_FILE=$XDG_RUNTIME_DIR/no-policy.toml
 unset PULSE_SERVER
+server=${KRISP_AUDIO_SERVER:-pulseaudio}
 cleanup() {
   kill $(jobs -p) 2>/dev/null || true
   [ -f "$XDG_RUNTIME_DIR/pulse/pid" ] && kill "$(cat "$XDG_RUNTIME_DIR/pulse/pid")" 2>/dev/null
+  [ -f "$XDG_RUNTIME_DIR/dbus.pid" ] && kill "$(cat "$XDG_RUNTIME_DIR/dbus.pid")" 2>/dev/null
   sleep 0.3; rm -rf "$XDG_RUNTIME_DIR"
 }
 trap cleanup EXIT
-pulseaudio -n --daemonize=yes --exit-idle-time=-1 --system=false --realtime=true \
-  --log-target=file:$XDG_RUNTIME_DIR/pulse.log \
-  -L "module-native-protocol-unix auth-anonymous=1" \
-  -L "module-null-sink sink_name=fake_mic_sink rate=48000 channels=1" \
-  -L "module-remap-source master=fake_mic_sink.monitor source_name=fake_mic"
-sleep 1
+if [ "$server" = pipewire ]; then
+  export DBUS_SESSION_BUS_ADDRESS=unix:path=$XDG_RUNTIME_DIR/bus
+  dbus-daemon --session --fork --print-pid --address="$DBUS_SESSION_BUS_ADDRESS" >"$XDG_RUNTIME_DIR/dbus.pid"
+  pipewire >"$XDG_RUNTIME_DIR/pipewire.log" 2>&1 &
+  sleep 0.3
+  pipewire-pulse >"$XDG_RUNTIME_DIR/pipewire-pulse.log" 2>&1 &
+  wireplumber >"$XDG_RUNTIME_DIR/wireplumber.log" 2>&1 &
+  for _ in $(seq 100); do pactl info >/dev/null 2>&1 && break; sleep 0.1; done
+  pactl load-module module-null-sink sink_name=fake_mic_sink rate=48000 channels=1 >/dev/null
+  pactl load-module module-remap-source master=fake_mic_sink.monitor source_name=fake_mic >/dev/null
+  server_pids="$(pgrep -x pipewire -P $$) $(pgrep -x pipewire-pulse -P $$) $(pgrep -x wireplumber -P $$)"
+  echo "server: $(pipewire --version | tail -1)"
+else
+  pulseaudio -n --daemonize=yes --exit-idle-time=-1 --system=false --realtime=true \
+    --log-target=file:$XDG_RUNTIME_DIR/pulse.log \
+    -L "module-native-protocol-unix auth-anonymous=1" \
+    -L "module-null-sink sink_name=fake_mic_sink rate=48000 channels=1" \
+    -L "module-remap-source master=fake_mic_sink.monitor source_name=fake_mic"
+  sleep 1
+  server_pids=$(cat "$XDG_RUNTIME_DIR/pulse/pid")
+  echo "server: $(pulseaudio --version)"
+fi
 # Noisy speech from the shipped sample, looped for the whole run.
 ( while true; do paplay -d fake_mic_sink assets/samples/noisy-speech-5db.wav; done ) &
 
@@ -44,17 +66,26 @@ thread_ticks() { # tid name utime+stime, robust to names with spaces
     echo "$(basename "$t") ${name// /_} $(echo "$rest" | awk '{print $12+$13}')"
   done
 }
-measure() { # label pid seconds
-  local pid=$2 t=$3
-  local a b ta tb rss
-  a=$(cpu_ticks "$pid"); ta=$(thread_ticks "$pid")
+# CPU ticks of the audio server's processes together.
+server_ticks() { local n=0 p; for p in $server_pids; do n=$((n + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo $n; }
+measure() { # label pid seconds [reference pid]
+  local pid=$2 t=$3 ref=${4:-}
+  local a b ta tb rss sa sb ra rb
+  a=$(cpu_ticks "$pid"); ta=$(thread_ticks "$pid"); sa=$(server_ticks)
+  [ -n "$ref" ] && ra=$(cpu_ticks "$ref")
   sleep "$t"
-  b=$(cpu_ticks "$pid"); tb=$(thread_ticks "$pid")
+  b=$(cpu_ticks "$pid"); tb=$(thread_ticks "$pid"); sb=$(server_ticks)
+  [ -n "$ref" ] && rb=$(cpu_ticks "$ref")
   rss=$(awk '/VmHWM/{print $2}' /proc/$pid/status)
   read -r a1 a2 <<<"$a"; read -r b1 b2 <<<"$b"
-  printf '| %s | %.2f %% | %.2f %% | %.1f MB |\n' "$1" \
+  local refcol="–"
+  if [ -n "$ref" ]; then
+    read -r ra1 _ <<<"$ra"; read -r rb1 _ <<<"$rb"
+    refcol=$(printf '%.2f %%' "$(echo "($rb1-$ra1)*100/$hz/$t" | bc -l)")
+  fi
+  printf '| %s | %.2f %% | %.2f %% | %.1f MB | %.2f %% | %s |\n' "$1" \
     "$(echo "($b1-$a1)*100/$hz/$t" | bc -l)" "$(echo "($b2-$a2)*100/$hz/$t" | bc -l)" \
-    "$(echo "$rss/1024" | bc -l)"
+    "$(echo "$rss/1024" | bc -l)" "$(echo "($sb-$sa)*100/$hz/$t" | bc -l)" "$refcol"
   # Per thread: name, CPU % (threads with the same name summed).
   join <(echo "$ta" | sort) <(echo "$tb" | sort) |
     awk -v hz="$hz" -v t="$t" '{d[$2]+=$5-$3} END {for (n in d) printf "    %-20s %.2f %%\n", n, d[n]*100/hz/t}' |
@@ -66,14 +97,17 @@ measure() { # label pid seconds
 "$bin" run --headless --input fake_mic ${KRISP_ARGS:-} 2>$XDG_RUNTIME_DIR/krisp.log &
 kpid=$!
 sleep 3
-echo "| state | CPU own | CPU +children | peak RSS |"
-echo "|---|---|---|---|"
+echo "| state | CPU own | CPU +children | peak RSS | audio server | reference: parecord of the mic, 10 ms |"
+echo "|---|---|---|---|---|---|"
 parecord -d krisp_mic /dev/null &
 rec=$!
+parecord -d fake_mic --latency-msec=10 /dev/null &
+ref=$!
 sleep 2
-measure "denoising, one recorder attached, ${secs} s" $kpid "$secs"
+measure "denoising, one recorder attached, ${secs} s" $kpid "$secs" $ref
 kill $rec; sleep 2
-measure "nobody recording, ${secs} s" $kpid "$secs"
+measure "nobody recording, ${secs} s" $kpid "$secs" $ref
+kill $ref
 echo
 echo "per thread (CPU % of one core):"
 cat "$XDG_RUNTIME_DIR/threads.txt"

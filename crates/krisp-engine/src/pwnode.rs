@@ -24,8 +24,9 @@
 //! clock; no allocation, lock, log or system call (`monotonic_ns` reads the vDSO). Tests run
 //! it under assert_no_alloc, in a unit test and live against a real PipeWire.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -54,8 +55,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the capture side and the node's thread share.
 struct Shared {
     /// The stream, while it may be triggered (null before it is connected and once it closes).
+    /// Read on PipeWire's data thread only.
     stream: AtomicPtr<pw::sys::pw_stream>,
-    /// Triggers in progress (the stream is not destroyed under one).
+    /// The eventfd on PipeWire's data loop that asks for a cycle, or -1 once it closes.
+    wake: AtomicI32,
+    /// Wake-ups in progress (the eventfd is not closed under one).
     in_use: AtomicU32,
     /// Frames ever written into the ring (by the producer).
     written: AtomicU64,
@@ -88,23 +92,23 @@ impl NodeFeed {
         n
     }
 
-    /// Starts a graph cycle that delivers what the ring holds, when the node drives its graph
-    /// (following another driver, that driver's cycles take it). A system call (an eventfd
-    /// write, in PipeWire's loop): I/O-thread work, like the pipe source's FIFO write.
+    /// Asks PipeWire's data thread for a graph cycle that delivers what the ring holds (when
+    /// the node drives its graph; following another driver, that driver's cycles take it).
+    /// One eventfd write: I/O-thread work, like the pipe source's FIFO write.
+    ///
+    /// Why not `pw_stream_trigger_process` here: from a thread that is not PipeWire's, it
+    /// queues the cycle with `pw_loop_invoke`, whose queue takes one foreign thread at a time
+    /// before PipeWire 1.1 (per-thread queues came in 2024), and the node's main loop invokes
+    /// into the same loop. So the data thread triggers itself, woken by this eventfd.
     pub fn trigger(&self) {
         let s = &self.shared;
         s.in_use.fetch_add(1, Ordering::SeqCst);
-        let p = s.stream.load(Ordering::SeqCst);
-        if !p.is_null() {
-            // SAFETY: `p` is the node thread's live stream: it clears the pointer and waits for
-            // `in_use` to drop to zero before it destroys the stream. Both calls may come from
-            // any thread: they read a flag, and queue the cycle on the data loop with
-            // `pw_loop_invoke`.
-            unsafe {
-                if pw::sys::pw_stream_is_driving(p) {
-                    pw::sys::pw_stream_trigger_process(p);
-                }
-            }
+        let fd = s.wake.load(Ordering::SeqCst);
+        if fd >= 0 {
+            let one = 1u64;
+            // SAFETY: `fd` is the node thread's open eventfd: it stores -1 and waits for
+            // `in_use` to drop to zero before closing it. An 8-byte write of a valid u64.
+            let _ = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
         }
         s.in_use.fetch_sub(1, Ordering::SeqCst);
     }
@@ -293,6 +297,7 @@ impl Node {
     pub fn start(desc: &NodeDesc, stats: Arc<StatsInner>) -> Result<Node, String> {
         let shared = Arc::new(Shared {
             stream: AtomicPtr::new(std::ptr::null_mut()),
+            wake: AtomicI32::new(-1),
             in_use: AtomicU32::new(0),
             written: AtomicU64::new(0),
             block_start: AtomicU64::new(0),
@@ -478,23 +483,61 @@ fn run(
             &mut params,
         )
         .map_err(pwe("cannot connect Krisp Microphone's stream"))?;
+    // SAFETY: the context's own data loop, alive as long as the context (past this function's
+    // sources, which go first).
+    let dl = unsafe { pw::sys::pw_context_get_data_loop(context.as_raw_ptr()) };
+    if dl.is_null() {
+        return Err("PipeWire gave the context no data loop".into());
+    }
+    // SAFETY: as above; `Loop` is a transparent wrapper of `pw_loop`.
+    let data_loop: &'static pw::loop_::Loop =
+        unsafe { &*(pw::sys::pw_data_loop_get_loop(dl) as *const pw::loop_::Loop) };
+    // SAFETY: plain syscall; a valid fd or -1 comes back.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if efd < 0 {
+        return Err(format!(
+            "cannot create an eventfd: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+    let raw_efd = efd.as_raw_fd();
     shared.stream.store(stream.as_raw_ptr(), Ordering::SeqCst);
+    let sh = shared.clone();
+    // On the data thread: the capture thread asked for a cycle.
+    let mut wake = Some(
+        data_loop.add_io(efd, spa::support::system::IoFlags::IN, move |fd| {
+            let mut n = 0u64;
+            // SAFETY: reads 8 bytes into a u64 from our nonblocking eventfd (resets it).
+            let _ = unsafe { libc::read(fd.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+            let p = sh.stream.load(Ordering::SeqCst);
+            if !p.is_null() {
+                // SAFETY: the stream is alive while the pointer is set; it is cleared on this
+                // thread (in `close_on_data_thread`) before the stream goes. Called on the data
+                // thread, the trigger runs the cycle directly.
+                unsafe {
+                    if pw::sys::pw_stream_is_driving(p) {
+                        pw::sys::pw_stream_trigger_process(p);
+                    }
+                }
+            }
+        }),
+    );
+    shared.wake.store(raw_efd, Ordering::SeqCst);
     // PipeWire's data thread runs the process callback: it keeps realtime pace like the
     // capture thread, or a busy machine delays its cycles (measured: blocks dropped as late).
-    // SAFETY: the context's own data loop; the function takes no data and runs once there.
+    // SAFETY: the context's data loop; the function takes no data and runs once there.
     unsafe {
-        let dl = pw::sys::pw_context_get_data_loop(context.as_raw_ptr());
-        if !dl.is_null() {
-            pw::sys::pw_data_loop_invoke(
-                dl,
-                Some(promote_data_thread),
-                0,
-                std::ptr::null(),
-                0,
-                false,
-                std::ptr::null_mut(),
-            );
-        }
+        pw::sys::pw_data_loop_invoke(
+            dl,
+            Some(promote_data_thread),
+            0,
+            std::ptr::null(),
+            0,
+            false,
+            std::ptr::null_mut(),
+        );
     }
     let ml = mainloop.downgrade();
     let _quit = quit.attach(mainloop.loop_(), move |()| {
@@ -503,13 +546,61 @@ fn run(
         }
     });
     mainloop.run();
-    // No trigger may be under way when the stream goes.
-    shared.stream.store(std::ptr::null_mut(), Ordering::SeqCst);
+    // The capture side stops waking the data thread, then the data thread lets go of the
+    // stream and its wake-up source (on its own thread, between dispatches), then the stream
+    // goes.
+    shared.wake.store(-1, Ordering::SeqCst);
     while shared.in_use.load(Ordering::SeqCst) != 0 {
         std::thread::yield_now();
     }
+    let mut closing = Closing {
+        shared: shared.clone(),
+        wake: wake.take().map(|w| Box::new(w) as Box<dyn std::any::Any>),
+    };
+    // SAFETY: a blocking invoke: `closing` outlives the call, and the function runs on the data
+    // thread while this thread waits for it.
+    unsafe {
+        pw::sys::pw_data_loop_invoke(
+            dl,
+            Some(close_on_data_thread),
+            0,
+            std::ptr::null(),
+            0,
+            true,
+            (&mut closing as *mut Closing).cast(),
+        );
+    }
+    // Had the invoke not run (no data thread), the source is dropped here instead.
+    drop(closing);
     let _ = stream.disconnect();
     Ok(())
+}
+
+/// What the data thread lets go of when the node closes.
+struct Closing {
+    shared: Arc<Shared>,
+    wake: Option<Box<dyn std::any::Any>>,
+}
+
+/// Runs on PipeWire's data thread, from a blocking invoke: clears the stream pointer and
+/// removes the wake-up source there, so neither can be in use as they go.
+unsafe extern "C" fn close_on_data_thread(
+    _loop: *mut spa::sys::spa_loop,
+    _async: bool,
+    _seq: u32,
+    _data: *const std::ffi::c_void,
+    _size: usize,
+    user: *mut std::ffi::c_void,
+) -> std::ffi::c_int {
+    // SAFETY: `user` is the `Closing` the invoking thread keeps alive and does not touch
+    // while it waits for this call.
+    let closing = unsafe { &mut *user.cast::<Closing>() };
+    closing
+        .shared
+        .stream
+        .store(std::ptr::null_mut(), Ordering::SeqCst);
+    closing.wake = None;
+    0
 }
 
 /// Runs once on PipeWire's data thread, outside any cycle.
@@ -555,6 +646,7 @@ mod tests {
     fn ring() -> (NodeFeed, RingSide, Arc<StatsInner>) {
         let shared = Arc::new(Shared {
             stream: AtomicPtr::new(std::ptr::null_mut()),
+            wake: AtomicI32::new(-1),
             in_use: AtomicU32::new(0),
             written: AtomicU64::new(0),
             block_start: AtomicU64::new(0),
