@@ -35,6 +35,10 @@ pub(crate) const MAX_PERIOD: usize = 4_800;
 /// Longest wait in poll before looking at the stop flag (the server normally wakes us every
 /// block).
 const POLL_US: u64 = 100_000;
+/// The same while bridging a starting microphone with silence (half a chunk).
+const BRIDGE_POLL_US: u64 = 5_000;
+/// How long after its first block a microphone is bridged.
+const BRIDGE_FOR: Duration = Duration::from_secs(2);
 
 /// An open record stream with its connection, and the virtual device's stream on the same
 /// connection when this thread feeds it directly.
@@ -324,8 +328,29 @@ fn run(
     // Sized once, before the first block: the loop below does not allocate.
     let mut buf = vec![0.0f32; frames];
     let stats = side.stats.clone();
+    // Until the microphone's first block (a source that was just loaded can take a second),
+    // this thread keeps up the silence the control thread wrote while there was none, at the
+    // device's pace, so recorders of a pipe-source or node Krisp Microphone never stall; and
+    // for two seconds after it, wherever the microphone falls behind that pace (a source
+    // that was just loaded delivered a block, then paused a second: `PipeOut::bridge`).
+    let mut bridging = side.pipe().is_some();
+    let mut bridge_until: Option<Instant> = None;
     'io: while !stop.load(Ordering::Relaxed) {
-        if cap.conn.wait(POLL_US).is_err() || !cap.conn.good() || !cap.stream.get_state().is_good()
+        let wait = if bridging { BRIDGE_POLL_US } else { POLL_US };
+        if cap.conn.wait(wait).is_err() || !cap.conn.good() || !cap.stream.get_state().is_good() {
+            failed.store(true, Ordering::Relaxed);
+            break;
+        }
+        if bridging && bridge_until.is_some_and(|t| Instant::now() >= t) {
+            bridging = false;
+            if let Some(p) = side.pipe() {
+                p.end_silence();
+            }
+        }
+        if bridging
+            && let Some(p) = side.pipe()
+            && p.bridge(stats.listeners.load(Ordering::Relaxed), &stats)
+                .is_err()
         {
             failed.store(true, Ordering::Relaxed);
             break;
@@ -356,6 +381,9 @@ fn run(
                     // which allows one writer.
                     if stop.load(Ordering::Relaxed) {
                         break 'io;
+                    }
+                    if bridging && bridge_until.is_none() {
+                        bridge_until = Some(Instant::now() + BRIDGE_FOR);
                     }
                     // Piece by piece, the pipe source's FIFO written after each: after a stall
                     // the server hands over a long block at once, more than the queue to the

@@ -953,10 +953,9 @@ impl Supervisor {
             }
         };
         let frames = self.cfg.capture_frames as usize;
-        let mut side = self.idle_side.take().expect("invariant: checked by caller");
-        if let Some(p) = side.pipe() {
-            p.end_silence();
-        }
+        // The silence written so far goes on from the capture thread until the microphone's
+        // first block (capture.rs), paced from where it is.
+        let side = self.idle_side.take().expect("invariant: checked by caller");
         let stop = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(AtomicBool::new(false));
         // With the PulseAudio output the capture thread writes the virtual device itself

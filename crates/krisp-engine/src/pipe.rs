@@ -45,6 +45,9 @@ const QUEUE_CHUNKS: usize = 12;
 /// Silence the control thread catches up with at most after it was late (100 ms); beyond
 /// that, the time is skipped rather than written in one burst.
 const MAX_SILENCE_BURST: u64 = 4_800;
+/// How far a starting microphone may fall behind the device's pace before silence fills in
+/// (frames; 30 ms: three blocks, beyond a block's normal jitter).
+const BRIDGE_SLACK: u64 = 1_440;
 
 /// Where the chunks go.
 enum Target {
@@ -117,6 +120,10 @@ impl PipeOut {
             return false;
         }
         self.queue.extend_from_slice(chunk);
+        // While bridging a microphone's start with silence, its audio counts toward the pace.
+        if let Some((_, written)) = self.silence.as_mut() {
+            *written += chunk.len() as u64;
+        }
         true
     }
 
@@ -215,6 +222,33 @@ impl PipeOut {
         {
             self.queue.resize(self.queue.len() + CHUNK, 0.0);
             *written += CHUNK as u64;
+        }
+        self.flush(true, stats)
+    }
+
+    /// Capture I/O thread, while a microphone starts: fills with silence only where it falls
+    /// more than [`BRIDGE_SLACK`] behind the device's pace (its audio counts, see `push`), so
+    /// recorders do not stall when a microphone delivers a first block and then pauses (seen:
+    /// a second after a source was loaded again), and a microphone that keeps pace gets
+    /// nothing added.
+    pub fn bridge(&mut self, listening: bool, stats: &StatsInner) -> std::io::Result<()> {
+        if !listening {
+            self.silence = None;
+            return self.flush(false, stats);
+        }
+        let now = Instant::now();
+        let (start, written) = self.silence.get_or_insert((now, 0));
+        let due = (now.duration_since(*start).as_secs_f64() * self.rate as f64) as u64;
+        if due > *written + MAX_SILENCE_BURST {
+            *written = due - CHUNK as u64;
+        }
+        if due >= *written + BRIDGE_SLACK {
+            while *written + CHUNK as u64 <= due
+                && self.queue.len() + CHUNK <= self.queue.capacity()
+            {
+                self.queue.resize(self.queue.len() + CHUNK, 0.0);
+                *written += CHUNK as u64;
+            }
         }
         self.flush(true, stats)
     }
@@ -384,6 +418,38 @@ mod tests {
         assert!(
             burst <= MAX_SILENCE_BURST as usize + CHUNK,
             "{burst} frames"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_starting_microphone_is_bridged_only_where_it_falls_behind() {
+        let (path, server, mut p, stats) = setup("bridge");
+        p.bridge(true, &stats).unwrap();
+        // The microphone keeps pace (a chunk every 10 ms): nothing is added.
+        for _ in 0..5 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            assert!(p.push(&[0.5; CHUNK]));
+            p.flush(true, &stats).unwrap();
+            p.bridge(true, &stats).unwrap();
+        }
+        let got = read_all(&server);
+        assert_eq!(
+            got.len(),
+            5 * CHUNK,
+            "silence added to a microphone that kept pace"
+        );
+        assert!(got.iter().all(|&x| x == 0.5));
+        // Then it pauses for 60 ms (bridge runs every 5 ms live; here once): silence fills in
+        // up to the pace.
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        p.bridge(true, &stats).unwrap();
+        let filled = read_all(&server);
+        assert!(filled.iter().all(|&x| x == 0.0));
+        assert!(
+            (3 * CHUNK..=10 * CHUNK).contains(&filled.len()),
+            "{} frames of silence for a 60 ms pause",
+            filled.len()
         );
         let _ = std::fs::remove_file(&path);
     }
