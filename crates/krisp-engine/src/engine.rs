@@ -59,9 +59,9 @@ pub enum Output {
 /// How "Krisp Microphone" is made on Linux (krisp-vdev's [`MicKind`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum VirtualDevice {
-    /// On a PipeWire server our own node (falling back to the pipe source if it cannot be
-    /// made); elsewhere the pipe source, or the null sink where the server cannot load one
-    /// (e.g. a server that does not share this machine's file system).
+    /// On PipeWire 0.3.80 and later our own node (falling back to the pipe source if it
+    /// cannot be made); elsewhere the pipe source, or the null sink where the server cannot
+    /// load one (e.g. a server that does not share this machine's file system).
     #[default]
     Auto,
     /// A PipeWire node of the engine's own (`pwnode.rs`); PipeWire servers only.
@@ -683,7 +683,13 @@ impl Supervisor {
                 VirtualDevice::NullSink => MicKind::NullSink,
                 VirtualDevice::Pipe => pipe(),
                 VirtualDevice::Node => MicKind::Node,
-                VirtualDevice::Auto if krisp_vdev::pulse::pipewire_version().is_some() => {
+                // PipeWire from 0.3.80 on buffers a pipe source by 170 ms: there our node. On
+                // older PipeWire the pipe source is 31 ms at 2.2 % of a core against the node's
+                // 17-27 ms at 6 % (docs/performance.md, session 9), so the pipe source.
+                VirtualDevice::Auto
+                    if krisp_vdev::pulse::pipewire_version()
+                        .is_some_and(|v| v >= krisp_vdev::pulse::PIPE_SOURCE_BUFFERS_FROM) =>
+                {
                     MicKind::Node
                 }
                 VirtualDevice::Auto => pipe(),
