@@ -549,11 +549,11 @@ impl Supervisor {
     /// PipeWire from 0.3.80 on buffers a pipe source by 170 ms (krisp-vdev's
     /// `PIPE_SOURCE_BUFFERS_FROM`): said, not hidden, until Krisp Microphone has a native
     /// PipeWire node.
-    fn pipe_delay_note(kind: &MicKind) -> Option<String> {
+    fn pipe_delay_note(kind: &MicKind, pipewire: Option<(u32, u32, u32)>) -> Option<String> {
         if !matches!(kind, MicKind::Pipe(_)) {
             return None;
         }
-        let v = krisp_vdev::pulse::pipewire_version()?;
+        let v = pipewire?;
         if v < krisp_vdev::pulse::PIPE_SOURCE_BUFFERS_FROM {
             return None;
         }
@@ -679,6 +679,8 @@ impl Supervisor {
             let server = |e: krisp_vdev::pulse::PulseError| EngineError::Server(e.to_string());
             // Chosen each time: the server that comes back after a restart may be another.
             let pipe = || MicKind::Pipe(krisp_vdev::pulse::default_fifo(&self.cfg.mic.source));
+            // Asked once (a `pactl info`): it picks the kind and the running status's note.
+            let pipewire = krisp_vdev::pulse::pipewire_version();
             self.cfg.mic.kind = match self.cfg.device {
                 VirtualDevice::NullSink => MicKind::NullSink,
                 VirtualDevice::Pipe => pipe(),
@@ -687,7 +689,7 @@ impl Supervisor {
                 // older PipeWire the pipe source is 31 ms at 2.2 % of a core against the node's
                 // 17-27 ms at 6 % (docs/performance.md, session 9), so the pipe source.
                 VirtualDevice::Auto
-                    if krisp_vdev::pulse::pipewire_version()
+                    if pipewire
                         .is_some_and(|v| v >= krisp_vdev::pulse::PIPE_SOURCE_BUFFERS_FROM) =>
                 {
                     MicKind::Node
@@ -723,7 +725,7 @@ impl Supervisor {
                 self.cfg.mic.create().map_err(server)?;
             }
             self.mic_ready = true;
-            self.device_note = Self::pipe_delay_note(&self.cfg.mic.kind);
+            self.device_note = Self::pipe_delay_note(&self.cfg.mic.kind, pipewire);
             // The new source is in the snapshot before it is looked for (pipewire-pulse
             // learns of our node from PipeWire's registry, a moment after it exists).
             let t = Instant::now();

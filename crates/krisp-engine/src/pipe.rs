@@ -207,6 +207,29 @@ impl PipeOut {
     /// Control thread, while no microphone is open: writes the silence due since the last
     /// call at the device's rate (so recorders keep receiving), nothing while nobody records.
     pub fn silence(&mut self, listening: bool, stats: &StatsInner) -> std::io::Result<()> {
+        // Half a chunk ahead of the clock, so recorders never wait for the next round.
+        self.pace(listening, stats, 0, CHUNK as u64 / 2)
+    }
+
+    /// Capture I/O thread, while a microphone starts: fills with silence only where it falls
+    /// more than [`BRIDGE_SLACK`] behind the device's pace (its audio counts, see `push`), so
+    /// recorders do not stall when a microphone delivers a first block and then pauses (seen:
+    /// a second after a source was loaded again), and a microphone that keeps pace gets
+    /// nothing added.
+    pub fn bridge(&mut self, listening: bool, stats: &StatsInner) -> std::io::Result<()> {
+        self.pace(listening, stats, BRIDGE_SLACK, 0)
+    }
+
+    /// Writes the silence due at the device's rate since the silence started, counting what
+    /// was written (and, while bridging, the microphone's audio): only once `slack` frames are
+    /// due, then up to `lead` frames ahead of the clock. Nothing while nobody records.
+    fn pace(
+        &mut self,
+        listening: bool,
+        stats: &StatsInner,
+        slack: u64,
+        lead: u64,
+    ) -> std::io::Result<()> {
         if !listening {
             self.silence = None;
             return self.flush(false, stats);
@@ -217,33 +240,8 @@ impl PipeOut {
         if due > *written + MAX_SILENCE_BURST {
             *written = due - CHUNK as u64; // late by more than a burst: skip, do not flood
         }
-        while *written + CHUNK as u64 <= due + CHUNK as u64 / 2
-            && self.queue.len() + CHUNK <= self.queue.capacity()
-        {
-            self.queue.resize(self.queue.len() + CHUNK, 0.0);
-            *written += CHUNK as u64;
-        }
-        self.flush(true, stats)
-    }
-
-    /// Capture I/O thread, while a microphone starts: fills with silence only where it falls
-    /// more than [`BRIDGE_SLACK`] behind the device's pace (its audio counts, see `push`), so
-    /// recorders do not stall when a microphone delivers a first block and then pauses (seen:
-    /// a second after a source was loaded again), and a microphone that keeps pace gets
-    /// nothing added.
-    pub fn bridge(&mut self, listening: bool, stats: &StatsInner) -> std::io::Result<()> {
-        if !listening {
-            self.silence = None;
-            return self.flush(false, stats);
-        }
-        let now = Instant::now();
-        let (start, written) = self.silence.get_or_insert((now, 0));
-        let due = (now.duration_since(*start).as_secs_f64() * self.rate as f64) as u64;
-        if due > *written + MAX_SILENCE_BURST {
-            *written = due - CHUNK as u64;
-        }
-        if due >= *written + BRIDGE_SLACK {
-            while *written + CHUNK as u64 <= due
+        if due >= *written + slack {
+            while *written + CHUNK as u64 <= due + lead
                 && self.queue.len() + CHUNK <= self.queue.capacity()
             {
                 self.queue.resize(self.queue.len() + CHUNK, 0.0);

@@ -75,6 +75,20 @@ struct Shared {
     failed: AtomicBool,
 }
 
+impl Shared {
+    fn new() -> Shared {
+        Shared {
+            stream: AtomicPtr::new(std::ptr::null_mut()),
+            wake: AtomicI32::new(-1),
+            in_use: AtomicU32::new(0),
+            written: AtomicU64::new(0),
+            block_start: AtomicU64::new(0),
+            reset_to: AtomicU64::new(u64::MAX),
+            failed: AtomicBool::new(false),
+        }
+    }
+}
+
 /// The capture I/O thread's end: the ring's producer and the trigger.
 pub(crate) struct NodeFeed {
     prod: HeapProd<f32>,
@@ -295,15 +309,7 @@ impl Node {
     /// Connects to the PipeWire server of this session and creates the node; returns once the
     /// server has it (or says why not).
     pub fn start(desc: &NodeDesc, stats: Arc<StatsInner>) -> Result<Node, String> {
-        let shared = Arc::new(Shared {
-            stream: AtomicPtr::new(std::ptr::null_mut()),
-            wake: AtomicI32::new(-1),
-            in_use: AtomicU32::new(0),
-            written: AtomicU64::new(0),
-            block_start: AtomicU64::new(0),
-            reset_to: AtomicU64::new(u64::MAX),
-            failed: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared::new());
         let (prod, cons) = HeapRb::<f32>::new(RING_FRAMES).split();
         let ring = RingSide {
             cons,
@@ -644,15 +650,7 @@ mod tests {
     use assert_no_alloc::assert_no_alloc;
 
     fn ring() -> (NodeFeed, RingSide, Arc<StatsInner>) {
-        let shared = Arc::new(Shared {
-            stream: AtomicPtr::new(std::ptr::null_mut()),
-            wake: AtomicI32::new(-1),
-            in_use: AtomicU32::new(0),
-            written: AtomicU64::new(0),
-            block_start: AtomicU64::new(0),
-            reset_to: AtomicU64::new(u64::MAX),
-            failed: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared::new());
         let stats = Arc::new(StatsInner::default());
         let (prod, cons) = HeapRb::<f32>::new(RING_FRAMES).split();
         (
