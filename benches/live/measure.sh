@@ -9,7 +9,7 @@
 # Usage: benches/live/measure.sh [seconds=60] [stress_seconds=120]   (stress 0: skip it)
 # KRISP_BIN picks the binary (default target/release/krisp); KRISP_ARGS adds options to `run`.
 # Each state also shows the audio server's CPU in the same window, and a reference in the same
-# run: `parecord` recording the fake mic in 10 ms fragments (a client with Krisp's wake-up
+# run: `parecord` recording the fake mic in Krisp's fragments (a client with Krisp's wake-up
 # rate and no processing), so the figures can be read as ratios on a noisy shared machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -97,11 +97,16 @@ measure() { # label pid seconds [reference pid]
 "$bin" run --headless --input fake_mic ${KRISP_ARGS:-} 2>$XDG_RUNTIME_DIR/krisp.log &
 kpid=$!
 sleep 3
-echo "| state | CPU own | CPU +children | peak RSS | audio server | reference: parecord of the mic, 10 ms |"
+# The reference asks for the fragment Krisp's capture asks for (capture.rs, fragment_frames):
+# 10 ms on PulseAudio, 20 ms on pipewire-pulse (which runs the graph at half of it). Both
+# record the same microphone, so the smaller request would set both their wake-up rates.
+# REF_MS overrides it (e.g. 10 with KRISP_ARGS="--capture-frames 240" for the fragment before).
+ref_ms=${REF_MS:-$([ "$server" = pipewire ] && echo 20 || echo 10)}
+echo "| state | CPU own | CPU +children | peak RSS | audio server | reference: parecord of the mic, ${ref_ms} ms |"
 echo "|---|---|---|---|---|---|"
 parecord -d krisp_mic /dev/null &
 rec=$!
-parecord -d fake_mic --latency-msec=10 /dev/null &
+parecord -d fake_mic --latency-msec="$ref_ms" /dev/null &
 ref=$!
 sleep 2
 measure "denoising, one recorder attached, ${secs} s" $kpid "$secs" $ref
