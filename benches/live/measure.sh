@@ -98,10 +98,12 @@ measure() { # label pid seconds [reference pid]
 kpid=$!
 sleep 3
 # The reference asks for the fragment Krisp's capture asks for (capture.rs, fragment_frames):
-# 10 ms on PulseAudio, 20 ms on pipewire-pulse (which runs the graph at half of it). Both
-# record the same microphone, so the smaller request would set both their wake-up rates.
-# REF_MS overrides it (e.g. 10 with KRISP_ARGS="--capture-frames 240" for the fragment before).
-ref_ms=${REF_MS:-$([ "$server" = pipewire ] && echo 20 || echo 10)}
+# 20 ms when it feeds our PipeWire node (pipewire-pulse runs the graph at half of it), 10 ms
+# otherwise. Both record the same microphone, so the smaller request would set both their
+# wake-up rates. REF_MS overrides it (e.g. 10 with KRISP_ARGS="--device node --capture-frames
+# 240" for the fragment before).
+on_node=$("$bin" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"].get("node", False))')
+ref_ms=${REF_MS:-$([ "$on_node" = True ] && echo 20 || echo 10)}
 echo "| state | CPU own | CPU +children | peak RSS | audio server | reference: parecord of the mic, ${ref_ms} ms |"
 echo "|---|---|---|---|---|---|"
 parecord -d krisp_mic /dev/null &

@@ -35,8 +35,8 @@ pub struct RunArgs {
 /// `krisp run --device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceArg {
-    /// On PipeWire 0.3.80 and later our own node; elsewhere the pipe source, or a null sink
-    /// where the server cannot load one.
+    /// On PipeWire our own node; on PulseAudio the pipe source, or a null sink where the
+    /// server cannot load one.
     Auto,
     /// A PipeWire node of our own (PipeWire servers only).
     Node,

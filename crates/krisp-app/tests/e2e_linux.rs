@@ -644,7 +644,7 @@ fn suspend_and_resume(kind: Kind) {
 
 /// The microphone goes away while a program records from "Krisp Microphone", then comes back:
 /// the recording never stalls (silence meanwhile, at the device's pace), and the voice returns
-/// by itself. On PulseAudio and PipeWire (the pipe source on CI's 0.3.65, our node on 1.x),
+/// by itself. On PulseAudio (the pipe source) and PipeWire (our node),
 /// where the control thread, then the capture thread, feed the silence.
 #[test]
 fn recorders_keep_receiving_while_the_microphone_is_gone_and_hear_it_again() {

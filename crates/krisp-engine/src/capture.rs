@@ -235,12 +235,12 @@ impl Feed {
 /// the source at the fragment. pipewire-pulse runs the microphone's graph at half the fragment,
 /// rounded down to a power-of-two quantum, and delivers every quantum (measured with 0.3.65:
 /// a 10 ms fragment runs the graph at 256 frames and wakes the recorder 188 times a second, a
-/// 20 ms one at 512 and 94 times; parecord's CPU halves). So on PipeWire Krisp asks for twice
-/// its block: 480 frames arrive as 512-frame quanta, one wake-up per model frame instead of
-/// two, for at most 5.3 ms more at the microphone (less when another program asks the same
-/// microphone for lower latency: the smallest request sets the quantum).
-pub(crate) fn fragment_frames(frames: usize, on_pipewire: bool) -> usize {
-    if on_pipewire { 2 * frames } else { frames }
+/// 20 ms one at 512 and 94 times; parecord's CPU halves). So when feeding our PipeWire node
+/// Krisp asks for twice its block (`twice`): one wake-up per model frame instead of two, for
+/// ~4 ms more (e2e: 17.8 ms instead of 13.9 on 1.4.2). Not for a pipe source on PipeWire:
+/// there the same fragment measured 39–42 ms instead of 26–33, past the 40 ms bound.
+pub(crate) fn fragment_frames(frames: usize, twice: bool) -> usize {
+    if twice { 2 * frames } else { frames }
 }
 
 /// Opens a 48 kHz mono float record stream on `source`; the server converts any microphone
@@ -249,6 +249,7 @@ fn open(
     source: &str,
     rate: u32,
     frames: usize,
+    to_node: bool,
     direct: Option<&DirectTo>,
 ) -> Result<Capture, String> {
     let spec = Spec {
@@ -257,13 +258,13 @@ fn open(
         rate,
     };
     let mut conn = Conn::connect("Krisp")?;
-    let on_pipewire = conn.server_name().is_some_and(|n| n.contains("PipeWire"));
+    let twice = to_node && conn.server_name().is_some_and(|n| n.contains("PipeWire"));
     let attr = BufferAttr {
         maxlength: u32::MAX,
         tlength: u32::MAX,
         prebuf: u32::MAX,
         minreq: u32::MAX,
-        fragsize: (fragment_frames(frames, on_pipewire) * 4) as u32,
+        fragsize: (fragment_frames(frames, twice) * 4) as u32,
     };
     let mut stream = Stream::new(&mut conn.context, "Krisp microphone capture", &spec, None)
         .ok_or("cannot create a record stream")?;
@@ -303,18 +304,22 @@ pub(crate) fn start(
     let frames = frames.clamp(1, MAX_PERIOD);
     let (tx, rx) = mpsc::sync_channel::<Result<(), String>>(1);
     let (st, fl) = (stop.clone(), failed);
+    let mut side = side;
+    let to_node = side.pipe().is_some_and(|p| p.is_node());
     let thread = std::thread::Builder::new()
         .name("krisp-capture".into())
-        .spawn(move || match open(&source, rate, frames, direct.as_ref()) {
-            Ok(cap) => {
-                let _ = tx.send(Ok(()));
-                run(cap, frames, rate, side, st, fl)
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                side
-            }
-        })
+        .spawn(
+            move || match open(&source, rate, frames, to_node, direct.as_ref()) {
+                Ok(cap) => {
+                    let _ = tx.send(Ok(()));
+                    run(cap, frames, rate, side, st, fl)
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    side
+                }
+            },
+        )
         .map_err(|e| (format!("cannot start the capture thread: {e}"), None))?;
     match rx.recv_timeout(ANSWER_TIMEOUT * 2) {
         Ok(Ok(())) => Ok(thread),
@@ -398,13 +403,14 @@ fn run(
                     if bridging && bridge_until.is_none() {
                         bridge_until = Some(Instant::now() + BRIDGE_FOR);
                     }
-                    // Piece by piece, the pipe source's FIFO written after each: after a stall
-                    // the server hands over a long block at once, more than the queue to the
-                    // FIFO holds.
+                    // Piece by piece, the pipe source's FIFO (or the node's ring) written after
+                    // each: after a stall the server hands over a long block at once, more
+                    // than the queue holds. The node's cycle starts once the wake-up's audio
+                    // is all in (`kick` below).
                     for piece in bytes.chunks(buf.len() * 4) {
                         deliver(piece, &mut buf, &mut side);
                         if let Some(p) = side.pipe()
-                            && p.flush(stats.listeners.load(Ordering::Relaxed), &stats)
+                            && p.stage(stats.listeners.load(Ordering::Relaxed), &stats)
                                 .is_err()
                         {
                             // The server's end of the FIFO is gone.
@@ -429,6 +435,9 @@ fn run(
                 failed.store(true, Ordering::Relaxed);
                 break 'io;
             }
+        }
+        if let Some(p) = side.pipe() {
+            p.kick();
         }
     }
     // The feeder takes over (its stream was standing by); ours goes with the connection.

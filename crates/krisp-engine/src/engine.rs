@@ -59,8 +59,8 @@ pub enum Output {
 /// How "Krisp Microphone" is made on Linux (krisp-vdev's [`MicKind`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum VirtualDevice {
-    /// On PipeWire 0.3.80 and later our own node (falling back to the pipe source if it
-    /// cannot be made); elsewhere the pipe source, or the null sink where the server cannot
+    /// On PipeWire our own node (falling back to the pipe source if it cannot be made); on
+    /// PulseAudio the pipe source, or the null sink where the server cannot
     /// load one (e.g. a server that does not share this machine's file system).
     #[default]
     Auto,
@@ -685,15 +685,11 @@ impl Supervisor {
                 VirtualDevice::NullSink => MicKind::NullSink,
                 VirtualDevice::Pipe => pipe(),
                 VirtualDevice::Node => MicKind::Node,
-                // PipeWire from 0.3.80 on buffers a pipe source by 170 ms: there our node. On
-                // older PipeWire the pipe source is 31 ms at 2.2 % of a core against the node's
-                // 17-27 ms at 6 % (docs/performance.md, session 9), so the pipe source.
-                VirtualDevice::Auto
-                    if pipewire
-                        .is_some_and(|v| v >= krisp_vdev::pulse::PIPE_SOURCE_BUFFERS_FROM) =>
-                {
-                    MicKind::Node
-                }
+                // On PipeWire our node: from 0.3.80 on a pipe source is buffered by 170 ms, and
+                // on older PipeWire it measured 26-49 ms (past the 40 ms bound now and then)
+                // against the node's 18-21 ms, for 0.4 % of a core more in Krisp and 3 % less
+                // in the server (docs/performance.md, session 10).
+                VirtualDevice::Auto if pipewire.is_some() => MicKind::Node,
                 VirtualDevice::Auto => pipe(),
             };
             if self.cfg.mic.kind == MicKind::Node {

@@ -70,6 +70,8 @@ pub(crate) struct PipeOut {
     live: bool,
     /// While no microphone is open: when the silence started and how much was written.
     silence: Option<(Instant, u64)>,
+    /// Audio went into the node's ring since its last graph cycle was asked for.
+    staged: bool,
     rate: u32,
 }
 
@@ -102,6 +104,11 @@ impl PipeOut {
         PipeOut::with(Target::Node(Box::new(feed)), rate)
     }
 
+    /// Whether this writes into our PipeWire node (not a FIFO).
+    pub fn is_node(&self) -> bool {
+        matches!(self.target, Target::Node(_))
+    }
+
     fn with(target: Target, rate: u32) -> PipeOut {
         PipeOut {
             target,
@@ -109,6 +116,7 @@ impl PipeOut {
             bytes: Vec::with_capacity(CHUNK * 4),
             live: false,
             silence: None,
+            staged: false,
             rate,
         }
     }
@@ -132,6 +140,17 @@ impl PipeOut {
     /// overrun. With nobody recording, nothing is written and the FIFO is emptied once.
     /// Allocation-free. An error other than a full FIFO means the server's end is gone.
     pub fn flush(&mut self, listening: bool, stats: &StatsInner) -> std::io::Result<()> {
+        self.stage(listening, stats)?;
+        self.kick();
+        Ok(())
+    }
+
+    /// As `flush`, except that a node's graph cycle is not started yet: the capture thread
+    /// stages each piece of a wake-up's audio and starts one cycle for all of it with `kick`
+    /// (a driving cycle delivers what was written since the last one; two cycles asked for in
+    /// one wake-up would run as one and drop the first piece as late). The FIFO is written at
+    /// once either way.
+    pub fn stage(&mut self, listening: bool, stats: &StatsInner) -> std::io::Result<()> {
         if !listening {
             self.queue.clear();
             if self.live {
@@ -157,7 +176,7 @@ impl PipeOut {
                         stats.overruns.fetch_add(lost as u64, Ordering::Relaxed);
                     }
                     self.queue.clear();
-                    feed.trigger();
+                    self.staged = true;
                 }
                 return Ok(());
             }
@@ -188,6 +207,16 @@ impl PipeOut {
         }
         self.queue.clear();
         result
+    }
+
+    /// Starts the node's graph cycle for what was staged since the last one (nothing for a
+    /// FIFO, or when nothing was staged).
+    pub fn kick(&mut self) {
+        if std::mem::take(&mut self.staged)
+            && let Target::Node(feed) = &mut self.target
+        {
+            feed.trigger();
+        }
     }
 
     /// Empties the FIFO (what was written after the last recorder left).

@@ -93,15 +93,19 @@ impl Shared {
 pub(crate) struct NodeFeed {
     prod: HeapProd<f32>,
     shared: Arc<Shared>,
+    /// `written` when the first write since the last trigger began: where the block that the
+    /// next cycle delivers starts.
+    pending: Option<u64>,
 }
 
 impl NodeFeed {
     /// Puts processed frames into the ring; returns how many fit (the rest is lost: the data
     /// thread has not run for a third of a second).
+    /// Everything written until the next `trigger` is one block.
     pub fn write(&mut self, frames: &[f32]) -> usize {
         let start = self.shared.written.load(Ordering::Relaxed);
+        self.pending.get_or_insert(start);
         let n = self.prod.push_slice(frames);
-        self.shared.block_start.store(start, Ordering::Release);
         self.shared.written.fetch_add(n as u64, Ordering::Release);
         n
     }
@@ -114,8 +118,11 @@ impl NodeFeed {
     /// queues the cycle with `pw_loop_invoke`, whose queue takes one foreign thread at a time
     /// before PipeWire 1.1 (per-thread queues came in 2024), and the node's main loop invokes
     /// into the same loop. So the data thread triggers itself, woken by this eventfd.
-    pub fn trigger(&self) {
+    pub fn trigger(&mut self) {
         let s = &self.shared;
+        if let Some(start) = self.pending.take() {
+            s.block_start.store(start, Ordering::Release);
+        }
         s.in_use.fetch_add(1, Ordering::SeqCst);
         let fd = s.wake.load(Ordering::SeqCst);
         if fd >= 0 {
@@ -332,7 +339,11 @@ impl Node {
             .map_err(|e| format!("cannot start the PipeWire node's thread: {e}"))?;
         let mut node = Node {
             shared: shared.clone(),
-            feed: Some(NodeFeed { prod, shared }),
+            feed: Some(NodeFeed {
+                prod,
+                shared,
+                pending: None,
+            }),
             quit: Some(quit_tx),
             thread: Some(thread),
         };
@@ -657,6 +668,7 @@ mod tests {
             NodeFeed {
                 prod,
                 shared: shared.clone(),
+                pending: None,
             },
             RingSide {
                 cons,
@@ -682,8 +694,10 @@ mod tests {
         feed.trigger();
         let (n1, n2, n3) = assert_no_alloc(|| {
             feed.write(&a);
+            feed.trigger();
             let n1 = rt.fill(&mut out, true, 256);
             feed.write(&b);
+            feed.trigger();
             let n2 = rt.fill(&mut out[CHUNK..], true, 256);
             let n3 = rt.fill(&mut out[5 * CHUNK..], true, 256);
             (n1, n2, n3)
@@ -706,6 +720,7 @@ mod tests {
         // the data thread was starved): the first cycle delivers the newest only.
         for k in 0..3 {
             feed.write(&ramp(k * CHUNK, CHUNK));
+            feed.trigger();
         }
         let mut out = vec![0.0f32; MAX_CYCLE];
         assert_eq!(rt.fill(&mut out, true, CHUNK), CHUNK);
@@ -716,11 +731,34 @@ mod tests {
         );
         // In step again: nothing more is dropped.
         feed.write(&ramp(0, CHUNK));
+        feed.trigger();
         assert_eq!(rt.fill(&mut out, true, CHUNK), CHUNK);
         assert_eq!(
             stats.drift_dropped.load(Ordering::Relaxed),
             2 * CHUNK as u64
         );
+    }
+
+    #[test]
+    fn pieces_written_in_one_wake_up_are_one_block() {
+        let (mut feed, mut rt, stats) = ring();
+        let mut out = vec![0.0f32; MAX_CYCLE];
+        // A wake-up that brought two model frames (a 512-frame quantum completes two now and
+        // then) writes them piece by piece and asks for one cycle: it delivers both.
+        let (a, b) = (ramp(0, CHUNK), ramp(CHUNK, CHUNK));
+        assert_no_alloc(|| {
+            feed.write(&a);
+            feed.write(&b);
+            feed.trigger();
+        });
+        assert_eq!(rt.fill(&mut out, true, CHUNK), 2 * CHUNK);
+        assert!(
+            out[..2 * CHUNK]
+                .iter()
+                .enumerate()
+                .all(|(i, &x)| x == i as f32)
+        );
+        assert_eq!(stats.drift_dropped.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -767,6 +805,7 @@ mod tests {
         feed.write(&ramp(0, 2 * CHUNK));
         feed.clear();
         feed.write(&ramp(7, CHUNK));
+        feed.trigger();
         let mut out = vec![0.0f32; MAX_CYCLE];
         // What was queued before the clear is dropped; what came after is heard.
         assert_eq!(rt.fill(&mut out, true, CHUNK), CHUNK);
