@@ -236,7 +236,7 @@ impl Feed {
 /// rounded down to a power-of-two quantum, and delivers every quantum (measured with 0.3.65:
 /// a 10 ms fragment runs the graph at 256 frames and wakes the recorder 188 times a second, a
 /// 20 ms one at 512 and 94 times; parecord's CPU halves). So when feeding our PipeWire node
-/// Krisp asks for twice its block (`twice`): one wake-up per model frame instead of two, for
+/// (which exists only on PipeWire) Krisp asks for twice its block (`twice`): one wake-up per model frame instead of two, for
 /// ~4 ms more (e2e: 17.8 ms instead of 13.9 on 1.4.2). Not for a pipe source on PipeWire:
 /// there the same fragment measured 39–42 ms instead of 26–33, past the 40 ms bound.
 pub(crate) fn fragment_frames(frames: usize, twice: bool) -> usize {
@@ -257,15 +257,14 @@ fn open(
         channels: 1,
         rate,
     };
-    let mut conn = Conn::connect("Krisp")?;
-    let twice = to_node && conn.server_name().is_some_and(|n| n.contains("PipeWire"));
     let attr = BufferAttr {
         maxlength: u32::MAX,
         tlength: u32::MAX,
         prebuf: u32::MAX,
         minreq: u32::MAX,
-        fragsize: (fragment_frames(frames, twice) * 4) as u32,
+        fragsize: (fragment_frames(frames, to_node) * 4) as u32,
     };
+    let mut conn = Conn::connect("Krisp")?;
     let mut stream = Stream::new(&mut conn.context, "Krisp microphone capture", &spec, None)
         .ok_or("cannot create a record stream")?;
     // DONT_MOVE: when the microphone's source goes away the server ends this stream instead
@@ -296,7 +295,7 @@ pub(crate) fn start(
     source: String,
     rate: u32,
     frames: usize,
-    side: CaptureSide,
+    mut side: CaptureSide,
     stop: Arc<AtomicBool>,
     failed: Arc<AtomicBool>,
     direct: Option<DirectTo>,
@@ -304,7 +303,6 @@ pub(crate) fn start(
     let frames = frames.clamp(1, MAX_PERIOD);
     let (tx, rx) = mpsc::sync_channel::<Result<(), String>>(1);
     let (st, fl) = (stop.clone(), failed);
-    let mut side = side;
     let to_node = side.pipe().is_some_and(|p| p.is_node());
     let thread = std::thread::Builder::new()
         .name("krisp-capture".into())

@@ -5,8 +5,6 @@
 //! `threaded-ml` threads cost more CPU than the model). Not `Send`: built on the thread that
 //! uses it.
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use libpulse_binding::context::{Context, FlagSet, State};
@@ -60,21 +58,6 @@ impl Conn {
         ml.poll().map_err(broke)?;
         ml.dispatch().map_err(broke)?;
         Ok(())
-    }
-
-    /// The server's name as it reports it ("pulseaudio", or "PulseAudio (on PipeWire 1.4.2)"
-    /// for pipewire-pulse); `None` if it did not answer in time.
-    pub fn server_name(&mut self) -> Option<String> {
-        let answer = Rc::new(RefCell::new(None::<String>));
-        let a = answer.clone();
-        let _op = self.context.introspect().get_server_info(move |i| {
-            *a.borrow_mut() = Some(i.server_name.as_deref().unwrap_or_default().to_string());
-        });
-        let t = Instant::now();
-        while answer.borrow().is_none() && self.good() && t.elapsed() < ANSWER_TIMEOUT {
-            self.wait(20_000).ok()?;
-        }
-        answer.take()
     }
 
     /// Whether the connection still stands.

@@ -100,8 +100,8 @@ pub(crate) struct NodeFeed {
 
 impl NodeFeed {
     /// Puts processed frames into the ring; returns how many fit (the rest is lost: the data
-    /// thread has not run for a third of a second).
-    /// Everything written until the next `trigger` is one block.
+    /// thread has not run for a third of a second). Everything written until the next
+    /// `trigger` is one block.
     pub fn write(&mut self, frames: &[f32]) -> usize {
         let start = self.shared.written.load(Ordering::Relaxed);
         self.pending.get_or_insert(start);
