@@ -148,6 +148,14 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Switch the running engine's microphone (remembered); without a name, follow the
+    /// system's default input.
+    Input {
+        /// Device name, id or description from `krisp devices`.
+        name: Option<String>,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Show the running engine's state.
     Status {
         #[arg(long)]
@@ -271,6 +279,7 @@ fn main() -> ExitCode {
         Command::Off { socket } => live::remote(Request::Off, socket, false),
         Command::Status { socket, json } => live::remote(Request::Status, socket, json),
         Command::Model { name, socket } => live::remote(Request::Model { name }, socket, false),
+        Command::Input { name, socket } => live::remote(Request::Input { name }, socket, false),
         Command::Login { email } => license::login(email),
         Command::Logout => license::logout(),
         Command::Window { socket } => ui::window::run(&socket),

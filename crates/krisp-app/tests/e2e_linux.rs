@@ -864,3 +864,242 @@ fn added_latency_stays_put_while_the_microphone_clock_drifts() {
         "added latency moved from {start:.1} ms to {end:.1} ms"
     );
 }
+
+/// A second microphone comes and goes, as a USB headset does: chosen by name, Krisp falls
+/// back to the default microphone while it is unplugged and goes back to it when it returns;
+/// with no choice, Krisp follows the system's default input (a headset plugged in, a pick in
+/// the system settings) but stays put when Krisp Microphone itself becomes the default. Heard
+/// from the outside: the headset plays a 1 kHz tone, the default microphone noisy speech, and
+/// noise removal is off so the tone comes through untouched.
+#[test]
+fn the_capture_goes_back_to_the_chosen_microphone_and_follows_the_default() {
+    for kind in [Kind::PulseAudio, Kind::PipeWire] {
+        capture_follows_the_choice(kind);
+    }
+}
+
+/// Loads the second fake microphone, "headset" (a null sink and a remap source, as the fake
+/// mic); returns its module ids.
+fn plug_headset(server: &AudioServer) -> Vec<String> {
+    let sink = server
+        .pactl(&[
+            "load-module",
+            "module-null-sink",
+            "sink_name=headset_sink rate=48000 channels=1 channel_map=mono \
+             sink_properties=device.description=HeadsetSink",
+        ])
+        .expect("load the headset's sink");
+    let source = server
+        .pactl(&[
+            "load-module",
+            "module-remap-source",
+            "master=headset_sink.monitor source_name=headset channels=1 channel_map=mono \
+             source_properties=device.description=Headset",
+        ])
+        .expect("load the headset's source");
+    vec![source.trim().to_owned(), sink.trim().to_owned()]
+}
+
+/// Share of a 1 s recording of Krisp Microphone that is the headset's 1 kHz tone (Goertzel
+/// power over total power), and its RMS.
+fn tone_share(server: &AudioServer) -> (f64, f64) {
+    let addr = format!("unix:{}/pulse/native", server.runtime_dir().display());
+    let r = record_one(&addr, "krisp_mic", 1.5, std::time::Instant::now());
+    let x = &r.samples[24_000..];
+    let w = 2.0 * std::f64::consts::PI * 1_000.0 / 48_000.0;
+    let (re, im) = x.iter().enumerate().fold((0.0, 0.0), |(re, im), (n, &s)| {
+        let p = w * n as f64;
+        (re + s as f64 * p.cos(), im - s as f64 * p.sin())
+    });
+    let total = energy(x);
+    let tone = 2.0 * (re * re + im * im) / x.len() as f64;
+    (tone / total.max(1e-12), (total / x.len() as f64).sqrt())
+}
+
+fn capture_follows_the_choice(kind: Kind) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(server) = AudioServer::start(kind, 48_000, 1) else {
+        return;
+    };
+    let (_clean, noisy) = speech_and_noisy(40.0, MIX_SNR_DB);
+    let speech_wav = server.runtime_dir().join("noisy.wav");
+    write_f32_wav(&speech_wav, 48_000, &noisy);
+    let tone: Vec<f32> = (0..40 * 48_000)
+        .map(|n| 0.3 * (2.0 * std::f32::consts::PI * 1_000.0 * n as f32 / 48_000.0).sin())
+        .collect();
+    let tone_wav = server.runtime_dir().join("tone.wav");
+    write_f32_wav(&tone_wav, 48_000, &tone);
+    let _speech = Player::start(&server, &speech_wav);
+    let modules = plug_headset(&server);
+    let mut headset = Some(Player::start_on(&server, &tone_wav, "headset_sink"));
+    let krisp = Krisp::start(&server, &["--input", "headset"]);
+    let on = |what: &str| {
+        let what = format!("running: {what} ->");
+        server.wait_for(Duration::from_secs(8), |s| {
+            krisp.status_json(s)["status"]
+                .as_str()
+                .is_some_and(|t| t.starts_with(&what))
+        })
+    };
+    assert!(
+        on("headset"),
+        "{kind:?}: Krisp did not start on the headset"
+    );
+    krisp.ctl(&server, "off");
+    // Up to 6 recordings of 1.5 s until the expected microphone is heard (a source that was
+    // just loaded, and its player, take a moment to start).
+    let hears = |when: &str, tone: bool| {
+        let mut last = (0.0, 0.0);
+        for _ in 0..6 {
+            last = tone_share(&server);
+            let (share, rms) = last;
+            if (tone && share > 0.9) || (!tone && share < 0.1 && rms > 0.003) {
+                eprintln!("{kind:?}: {when}: tone share {share:.3}, RMS {rms:.4}");
+                return;
+            }
+        }
+        panic!(
+            "{kind:?}: {when}: not the {} (tone share {:.3}, RMS {:.4})",
+            if tone {
+                "headset"
+            } else {
+                "default microphone"
+            },
+            last.0,
+            last.1
+        );
+    };
+    let hears_tone = |when: &str| hears(when, true);
+    let hears_speech = |when: &str| hears(when, false);
+    hears_tone("chosen headset");
+
+    // Unplugged: the default microphone carries on.
+    drop(headset.take());
+    for m in &modules {
+        server.pactl(&["unload-module", m]).unwrap();
+    }
+    assert!(
+        on("fake_mic"),
+        "{kind:?}: no fallback to the default microphone"
+    );
+    hears_speech("headset unplugged");
+
+    // Plugged in again: back to the chosen headset by itself.
+    let _replugged = plug_headset(&server);
+    headset = Some(Player::start_on(&server, &tone_wav, "headset_sink"));
+    let t = std::time::Instant::now();
+    assert!(
+        on("headset"),
+        "{kind:?}: Krisp stayed on the default microphone after the headset came back"
+    );
+    eprintln!(
+        "{kind:?}: back on the headset {:.2} s after it returned",
+        t.elapsed().as_secs_f64()
+    );
+    hears_tone("headset plugged in again");
+
+    // No choice: the system default, wherever it goes, but never Krisp Microphone.
+    krisp.ctl(&server, "input");
+    assert!(on("fake_mic"), "{kind:?}: not on the default microphone");
+    hears_speech("following the default");
+    server.pactl(&["set-default-source", "headset"]).unwrap();
+    assert!(on("headset"), "{kind:?}: did not follow the new default");
+    hears_tone("the headset became the default");
+    server.pactl(&["set-default-source", "krisp_mic"]).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(on("headset"), "{kind:?}: left the headset for its own mic");
+    hears_tone("Krisp Microphone became the default");
+    assert_eq!(server.source_count("krisp_mic"), 1);
+    drop(headset);
+}
+
+/// Added latency from the fake microphone to Krisp Microphone, from `secs` of both recorded at
+/// once: the median over 1 s windows of where each window of the mic sits in the output, and
+/// the lowest correlation among them.
+fn pair_latency_ms(server: &AudioServer, secs: usize) -> (f64, f64) {
+    let (mic, out, start_offset) = record_pair(server, "fake_mic", "krisp_mic", secs as f32);
+    let mut lags: Vec<(i64, f64)> = (1..secs - 1)
+        .map(|w| {
+            let from = 48_000 * w;
+            let (l, c) = find_lag_in(
+                &mic[from..from + 48_000],
+                &out[from - 2_400..from + 48_000 + 7_200],
+                0,
+                9_600,
+            );
+            (l - 2_400, c)
+        })
+        .filter(|l| l.1 > 0.5)
+        .collect();
+    assert!(lags.len() >= secs / 2, "too few windows matched: {lags:?}");
+    let corr = lags.iter().map(|l| l.1).fold(f64::MAX, f64::min);
+    lags.sort_unstable_by_key(|l| l.0);
+    ((lags[lags.len() / 2].0 + start_offset) as f64 / 48.0, corr)
+}
+
+/// The PipeWire node over a long run (a measured run, not part of CI: 10 minutes by default,
+/// `KRISP_SOAK_SECS`): with a call app recording all along, the added latency measured every
+/// minute from the outside stays within 5 ms of where it started. The node delivers each block
+/// in the cycle that the microphone's delivery triggers, so no buffer of ours sits between
+/// two clocks; this run shows that nothing else creeps either (the ring's accounting, the
+/// capture's fragments, the recorders' buffers). Runs on whichever PipeWire is installed
+/// (`benches/live/pipewire-backports.sh` for 1.4.2).
+/// `cargo test -p krisp-app --test e2e_linux soak -- --ignored --nocapture`
+#[test]
+#[ignore = "a 10-minute measured run; see docs/performance.md"]
+fn soak_added_latency_stays_put_on_the_pipewire_node() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let secs: u64 = std::env::var("KRISP_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+    let Some(server) = AudioServer::start(Kind::PipeWire, 48_000, 1) else {
+        return;
+    };
+    let (_clean, noisy) = speech_and_noisy(60.0, MIX_SNR_DB);
+    let wav = server.runtime_dir().join("noisy.wav");
+    write_f32_wav(&wav, 48_000, &noisy);
+    let _player = Player::start(&server, &wav);
+    let krisp = Krisp::start(&server, &["--input", "fake_mic", "--device", "node"]);
+    assert!(
+        server.wait_for(Duration::from_secs(15), |s| s.source_count("krisp_mic")
+            == 1),
+        "Krisp Microphone did not appear"
+    );
+    // The call app, recording for the whole run.
+    let mut call = server
+        .cmd("parecord")
+        .args(["-d", "krisp_mic", "--latency-msec=20", "/dev/null"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let t0 = std::time::Instant::now();
+    let mut series = vec![];
+    loop {
+        let at = t0.elapsed().as_secs();
+        let (ms, corr) = pair_latency_ms(&server, 10);
+        eprintln!("  t={at:>4} s  added latency {ms:6.1} ms  (lowest corr {corr:.2})");
+        series.push(ms);
+        if at >= secs {
+            break;
+        }
+        let next = Duration::from_secs((at / 60 + 1) * 60);
+        std::thread::sleep(
+            next.saturating_sub(t0.elapsed())
+                .min(Duration::from_secs(60)),
+        );
+    }
+    let stats = krisp.status_json(&server);
+    let _ = call.kill();
+    let _ = call.wait();
+    eprintln!("soak, {secs} s: engine stats {}", stats["stats"]);
+    let (start, end) = (series[0], *series.last().unwrap());
+    eprintln!(
+        "soak over {secs} s: added latency {start:.1} ms at the start, {end:.1} ms at the end"
+    );
+    assert!(
+        (end - start).abs() <= 5.0,
+        "added latency moved from {start:.1} ms to {end:.1} ms"
+    );
+    assert_eq!(stats["stats"]["underruns"], 0, "{}", stats["stats"]);
+}

@@ -773,6 +773,26 @@ impl Supervisor {
         }
     }
 
+    /// The source the capture should move to while it runs on another: the chosen
+    /// microphone once it is back (after a fallback to the default while it was gone), or,
+    /// with no choice, the server's new default source (a headset plugged in, or the user's
+    /// pick in the system settings) — never Krisp Microphone itself. From the connection's
+    /// snapshot, so nothing is asked of the server here.
+    fn better_input(&self) -> Option<String> {
+        let (c, w) = (self.capture.as_ref()?, self.watch.as_ref()?);
+        let inputs = inputs_from(
+            &self.cfg.mic,
+            w.sources()
+                .into_iter()
+                .map(|s| (s.name, s.description))
+                .collect(),
+            &w.default_source(),
+        );
+        preferred_input(&inputs, self.control.input().as_deref())
+            .filter(|p| *p != c.name)
+            .map(str::to_owned)
+    }
+
     /// The server's inputs: from the connection's snapshot, or from `pactl` without one.
     fn inputs(&self) -> Result<Vec<InputInfo>, EngineError> {
         match &self.watch {
@@ -811,6 +831,11 @@ impl Supervisor {
             );
         } else if changed {
             self.stop_capture();
+        } else if let Some(to) = self.better_input() {
+            let from = self.capture.as_ref().map(|c| c.name.clone());
+            tracing::info!(from = ?from, to = %to, "switching the microphone");
+            self.stop_capture();
+            self.last_input_try = None;
         }
         if self.capture.is_none() {
             if self.idle_side.is_none() {
@@ -1025,22 +1050,34 @@ fn dsp_config() -> DspConfig {
 /// Chooses the source to capture: the wanted one if present, else the default, else the
 /// first real (non-monitor, non-Krisp) source.
 fn pick_input(inputs: Vec<InputInfo>, wanted: Option<&str>) -> Result<String, EngineError> {
-    if let Some(w) = wanted {
-        if let Some(found) = inputs.iter().find(|i| {
-            !i.is_own && (i.name == w || i.id == w || i.description.eq_ignore_ascii_case(w))
-        }) {
-            return Ok(found.name.clone());
-        }
-        tracing::warn!(device = w, "chosen input not present; using the default");
+    if let Some(name) = preferred_input(&inputs, wanted) {
+        return Ok(name.to_owned());
     }
-    if let Some(i) = inputs.iter().find(|i| i.is_default && !i.is_own) {
-        return Ok(i.name.clone());
+    if let Some(w) = wanted {
+        tracing::warn!(device = w, "chosen input not present; using the default");
+        if let Some(name) = preferred_input(&inputs, None) {
+            return Ok(name.to_owned());
+        }
     }
     inputs
         .into_iter()
         .find(|i| !i.is_own && !i.is_monitor)
         .map(|i| i.name)
         .ok_or_else(|| EngineError::Device("no microphone found".into()))
+}
+
+/// The input the capture belongs on when it is present: the chosen one (`wanted`), or with no
+/// choice the default source unless that is our own. `None` when neither is listed (then
+/// whatever the capture runs on stays: a fallback, or the last default before Krisp
+/// Microphone became the default, as many users set it).
+fn preferred_input<'a>(inputs: &'a [InputInfo], wanted: Option<&str>) -> Option<&'a str> {
+    let found = match wanted {
+        Some(w) => inputs.iter().find(|i| {
+            !i.is_own && (i.name == w || i.id == w || i.description.eq_ignore_ascii_case(w))
+        }),
+        None => inputs.iter().find(|i| i.is_default && !i.is_own),
+    };
+    found.map(|i| i.name.as_str())
 }
 
 /// Lists the server's sources, marking the default, monitors and our own.
@@ -1133,6 +1170,43 @@ mod tests {
             let err = Engine::start(cfg).err().expect("refused");
             assert!(err.to_string().contains(says), "{err}");
         }
+    }
+
+    #[test]
+    fn the_capture_belongs_on_the_chosen_microphone_or_else_the_default_but_never_ours() {
+        let mic = VirtualMic::default();
+        let list = |default: &str| {
+            inputs_from(
+                &mic,
+                [
+                    ("alsa_input.builtin", "Built-in Audio"),
+                    ("alsa_input.usb", "USB Headset"),
+                    ("krisp_mic", "Krisp Microphone"),
+                ]
+                .iter()
+                .map(|(n, d)| (n.to_string(), d.to_string()))
+                .collect(),
+                default,
+            )
+        };
+        let builtin = list("alsa_input.builtin");
+        // The chosen one, by name, id or description, wherever the default is.
+        for w in ["alsa_input.usb", "pulseaudio:alsa_input.usb", "usb headset"] {
+            assert_eq!(preferred_input(&builtin, Some(w)), Some("alsa_input.usb"));
+        }
+        // Chosen but unplugged: nothing to move to (the fallback stays).
+        assert_eq!(preferred_input(&builtin, Some("alsa_input.gone")), None);
+        // No choice: the default, and a new default when it changes.
+        assert_eq!(preferred_input(&builtin, None), Some("alsa_input.builtin"));
+        let usb = list("alsa_input.usb");
+        assert_eq!(preferred_input(&usb, None), Some("alsa_input.usb"));
+        // Krisp Microphone as the default: stay where the capture is; the first start picks
+        // a real microphone.
+        let ours = list("krisp_mic");
+        assert_eq!(preferred_input(&ours, None), None);
+        assert_eq!(pick_input(ours, None).unwrap(), "alsa_input.builtin");
+        // Our own is never the preferred one, even when asked for by name.
+        assert_eq!(preferred_input(&builtin, Some("krisp_mic")), None);
     }
 
     #[test]

@@ -327,6 +327,11 @@ pub struct Player {
 
 impl Player {
     pub fn start(server: &AudioServer, wav: &Path) -> Player {
+        Player::start_on(server, wav, "fake_mic_sink")
+    }
+
+    /// Plays `wav` into `sink` (another fake microphone's null sink).
+    pub fn start_on(server: &AudioServer, wav: &Path, sink: &str) -> Player {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         // The keeper thread cannot borrow the server: the commands for paplay's first start
@@ -339,7 +344,7 @@ impl Player {
                 .open(&log_path)
                 .unwrap();
             let mut c = server.cmd("paplay");
-            c.args(["-d", "fake_mic_sink"])
+            c.args(["-d", sink])
                 .arg(wav)
                 .stdout(Stdio::null())
                 .stderr(log);
