@@ -212,6 +212,19 @@ fn main() -> ExitCode {
         output: live::OutputArg::VirtualMic,
         ring_name: None,
     });
+    // The printing commands end quietly when their reader goes (`krisp status | head`), as
+    // command-line tools do, instead of panicking on a broken pipe. Not for `run` and the
+    // window, whose socket writes must see EPIPE as an error.
+    #[cfg(unix)]
+    if matches!(
+        command,
+        Command::Devices { .. } | Command::Status { .. } | Command::License { .. }
+    ) {
+        // SAFETY: called before any other thread exists; restores the default disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match command {
         Command::Denoise {
             input,

@@ -1011,6 +1011,21 @@ fn capture_follows_the_choice(kind: Kind) {
     hears_tone("Krisp Microphone became the default");
     assert_eq!(server.source_count("krisp_mic"), 1);
     drop(headset);
+
+    // `krisp status | head -1`: a reader that goes away ends the command quietly (it
+    // panicked on the broken pipe).
+    let mut status = server
+        .cmd(krisp_bin())
+        .arg("status")
+        .env("KRISP_SOCKET", server.runtime_dir().join("krisp-test.sock"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(status.stdout.take());
+    let out = status.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "krisp status: {err}");
 }
 
 /// Added latency from the fake microphone to Krisp Microphone, from `secs` of both recorded at
@@ -1077,6 +1092,8 @@ fn soak_added_latency_stays_put_on_the_pipewire_node() {
     let mut series = vec![];
     loop {
         let at = t0.elapsed().as_secs();
+        // (A recorder of a source that is gone gets the default source on PipeWire.)
+        assert_eq!(server.source_count("krisp_mic"), 1, "t={at} s");
         let (ms, corr) = pair_latency_ms(&server, 10);
         eprintln!("  t={at:>4} s  added latency {ms:6.1} ms  (lowest corr {corr:.2})");
         series.push(ms);
