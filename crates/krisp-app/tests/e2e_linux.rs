@@ -15,6 +15,19 @@ const SI_SDR_MARGIN_DB: f64 = 2.0;
 /// SNR of the speech + noise the fake microphone plays.
 const MIX_SNR_DB: f64 = 5.0;
 
+/// Where second `w` of the mic recording sits in the Krisp Microphone recording: the lag in
+/// samples (-50..+150 ms) and its correlation.
+fn window_lag(mic: &[f32], out: &[f32], w: usize) -> (i64, f64) {
+    let from = 48_000 * w;
+    let (l, c) = find_lag_in(
+        &mic[from..from + 48_000],
+        &out[from - 2_400..from + 48_000 + 7_200],
+        0,
+        9_600,
+    );
+    (l - 2_400, c)
+}
+
 /// Records 20 s from the fake mic and "Krisp Microphone" (and with parecord), switching
 /// noise removal off after 14 s, and checks latency, noise reduction, dropouts and the
 /// click-free switch.
@@ -74,18 +87,7 @@ fn listen_and_check(
     // recording (-50..+150 ms). Per window, because the engine's jitter buffer may grow after
     // an underrun on a starved machine and shrink again in a quiet moment: the delay is not
     // one constant over 18 s, and a single global lag would score those shifts as distortion.
-    let lags: Vec<(i64, f64)> = (1..19)
-        .map(|w| {
-            let from = 48_000 * w;
-            let (l, c) = find_lag_in(
-                &mic[from..from + 48_000],
-                &out[from - 2_400..from + 48_000 + 7_200],
-                0,
-                9_600,
-            );
-            (l - 2_400, c)
-        })
-        .collect();
+    let lags: Vec<(i64, f64)> = (1..19).map(|w| window_lag(&mic, &out, w)).collect();
     let mut on_lags: Vec<i64> = lags[1..12].iter().map(|l| l.0).collect();
     on_lags.sort_unstable();
     let lag = on_lags[on_lags.len() / 2];
@@ -537,13 +539,8 @@ fn without_a_license_the_microphone_passes_through_untouched() {
     let mut best = f64::MIN;
     for w in 2..7 {
         let from = 48_000 * w;
-        let (l, _) = find_lag_in(
-            &mic[from..from + 48_000],
-            &out[from - 2_400..from + 48_000 + 7_200],
-            0,
-            9_600,
-        );
-        let start = (from as i64 + l - 2_400) as usize;
+        let (l, _) = window_lag(&mic, &out, w);
+        let start = (from as i64 + l) as usize;
         best = best.max(si_sdr(
             &mic[from..from + 48_000],
             &out[start..start + 48_000],
@@ -1034,16 +1031,7 @@ fn capture_follows_the_choice(kind: Kind) {
 fn pair_latency_ms(server: &AudioServer, secs: usize) -> (f64, f64) {
     let (mic, out, start_offset) = record_pair(server, "fake_mic", "krisp_mic", secs as f32);
     let mut lags: Vec<(i64, f64)> = (1..secs - 1)
-        .map(|w| {
-            let from = 48_000 * w;
-            let (l, c) = find_lag_in(
-                &mic[from..from + 48_000],
-                &out[from - 2_400..from + 48_000 + 7_200],
-                0,
-                9_600,
-            );
-            (l - 2_400, c)
-        })
+        .map(|w| window_lag(&mic, &out, w))
         .filter(|l| l.1 > 0.5)
         .collect();
     assert!(lags.len() >= secs / 2, "too few windows matched: {lags:?}");

@@ -236,8 +236,8 @@ impl Feed {
 /// rounded down to a power-of-two quantum, and delivers every quantum (measured with 0.3.65:
 /// a 10 ms fragment runs the graph at 256 frames and wakes the recorder 188 times a second, a
 /// 20 ms one at 512 and 94 times; parecord's CPU halves). So when feeding our PipeWire node
-/// (which exists only on PipeWire) Krisp asks for twice its block (`twice`): one wake-up per model frame instead of two, for
-/// ~4 ms more (e2e: 17.8 ms instead of 13.9 on 1.4.2). Not for a pipe source on PipeWire:
+/// (which exists only on PipeWire) Krisp asks for twice its block (`twice`): one wake-up per
+/// model frame instead of two, for ~4 ms more (e2e: 17.8 ms instead of 13.9 on 1.4.2). Not for a pipe source on PipeWire:
 /// there the same fragment measured 39–42 ms instead of 26–33, past the 40 ms bound.
 pub(crate) fn fragment_frames(frames: usize, twice: bool) -> usize {
     if twice { 2 * frames } else { frames }

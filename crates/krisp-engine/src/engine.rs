@@ -779,15 +779,9 @@ impl Supervisor {
     /// pick in the system settings) — never Krisp Microphone itself. From the connection's
     /// snapshot, so nothing is asked of the server here.
     fn better_input(&self) -> Option<String> {
-        let (c, w) = (self.capture.as_ref()?, self.watch.as_ref()?);
-        let inputs = inputs_from(
-            &self.cfg.mic,
-            w.sources()
-                .into_iter()
-                .map(|s| (s.name, s.description))
-                .collect(),
-            &w.default_source(),
-        );
+        let c = self.capture.as_ref()?;
+        self.watch.as_ref()?; // without the snapshot, `inputs` would start `pactl` each round
+        let inputs = self.inputs().ok()?;
         preferred_input(&inputs, self.control.input().as_deref())
             .filter(|p| *p != c.name)
             .map(str::to_owned)
