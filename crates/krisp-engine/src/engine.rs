@@ -760,11 +760,12 @@ impl Supervisor {
         Ok(())
     }
 
-    /// When a source goes away, the server moves its record streams to the default source
-    /// instead of ending them, and that default can be Krisp Microphone itself (a feedback
-    /// loop). The simple API cannot ask for a stream that is never moved, so the capture is
-    /// checked here and reopened by name: the server's "source removed" event refreshes the
-    /// snapshot, so this notices within a supervision round or two.
+    /// When a source goes away, a server moves its record streams to the default source,
+    /// which can be Krisp Microphone itself (a feedback loop). The capture stream asks not to
+    /// be moved (`DONT_MOVE`, capture.rs), so the server ends it instead; this is the second
+    /// guard, for a server that moves it anyway: the capture is checked against the snapshot
+    /// and reopened by name. The server's "source removed" event refreshes the snapshot, so
+    /// this notices within a supervision round or two.
     fn check_capture_source(&self) {
         if let (Some(c), Some(w)) = (&self.capture, &self.watch)
             && w.source(&c.name).is_none()
